@@ -56,7 +56,7 @@ impl Binaries {
         FOUND
             .get_or_init(|| Self::locate_uncached().map_err(|e| e.to_string()))
             .clone()
-            .map_err(Error::SharedStart)
+            .map_err(Error::Once)
     }
 
     fn locate_uncached() -> Result<Self> {

@@ -112,7 +112,7 @@ impl ControlPlane {
             Some(b) => b,
             None => tokio::task::spawn_blocking(Binaries::locate)
                 .await
-                .map_err(|e| Error::SharedStart(format!("locating binaries panicked: {e}")))??,
+                .map_err(|e| Error::Once(format!("locating the binaries panicked: {e}")))??,
         };
         let started = Instant::now();
         let (run_dir, temp_dir) = match options.run_dir {
@@ -430,7 +430,7 @@ pub async fn shared_control_plane() -> Result<&'static ControlPlane> {
                     .map_err(|e| format!("building a runtime: {e}"))
                     .and_then(|rt| {
                         rt.block_on(ControlPlane::start())
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| format!("the shared control plane failed to start: {e}"))
                     });
                 let ok = result.is_ok();
                 if tx.send(result).is_err() || !ok {
@@ -459,8 +459,8 @@ pub async fn shared_control_plane() -> Result<&'static ControlPlane> {
 
     let shared = tokio::task::spawn_blocking(|| SHARED.get_or_init(start_on_dedicated_thread))
         .await
-        .map_err(|e| Error::SharedStart(format!("starting panicked: {e}")))?;
-    shared.as_ref().map_err(|e| Error::SharedStart(e.clone()))
+        .map_err(|e| Error::Once(format!("starting the shared control plane panicked: {e}")))?;
+    shared.as_ref().map_err(|e| Error::Once(e.clone()))
 }
 
 /// File in a run directory naming the pid of the process that owns it.
@@ -621,4 +621,42 @@ pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> Result<(
         .ctx(|| format!("creating {}", path.display()))?;
     file.write_all(contents.as_bytes())
         .ctx(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of stand-in binaries: etcd prints a marker and exits at once.
+    fn failing_binaries(dir: &Path) -> Binaries {
+        use std::os::unix::fs::PermissionsExt as _;
+        for (name, body) in [
+            ("etcd", "echo 'etcd: boom, cannot start' >&2; exit 3"),
+            ("kube-apiserver", "exit 1"),
+            ("kubectl", "exit 1"),
+            ("helm", "exit 1"),
+        ] {
+            let path = dir.join(name);
+            fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write stand-in");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        Binaries::in_dir(dir).expect("stand-in binaries")
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_reports_the_logs_and_cleans_up() {
+        let bins_dir = tempfile::tempdir().expect("bins dir");
+        let run_dir = tempfile::tempdir().expect("run dir");
+        let err = ControlPlane::start_with(ControlPlaneOptions {
+            run_dir: Some(run_dir.path().join("cp")),
+            binaries: Some(failing_binaries(bins_dir.path())),
+            start_timeout: Duration::from_secs(20),
+            ..ControlPlaneOptions::default()
+        })
+        .await
+        .expect_err("etcd exits, so the start must fail");
+        let message = err.to_string();
+        assert!(message.contains("etcd exited early"), "{message}");
+        assert!(message.contains("etcd: boom, cannot start"), "{message}");
+    }
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 
 /// Everything that can go wrong while preparing or driving the local test environment.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display` (multi-line logs stay readable in `expect` panics).
+#[derive(thiserror::Error)]
 pub enum Error {
     /// Go is needed to build the Kubernetes binaries and is not on PATH.
     #[error(
@@ -115,9 +117,16 @@ pub enum Error {
         reason: String,
     },
 
-    /// The shared per-process control plane failed to start earlier; every test gets this.
-    #[error("the shared control plane failed to start: {0}")]
-    SharedStart(String),
+    /// A once-per-process step (locating the binaries, starting the shared control plane)
+    /// failed; the message is remembered and every later caller gets it.
+    #[error("{0}")]
+    Once(String),
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// The testkit's result type.
