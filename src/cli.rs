@@ -19,6 +19,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the HTTPS admission webhook, the probe port and (with cluster credentials) the rotator.
+    Serve(Box<crate::serve::ServeArgs>),
     /// Check manifests offline and print the decision, warnings and patch for each object.
     Check(crate::check::CheckArgs),
     /// Print the CustomResourceDefinitions rndc-warden understands, as YAML.
@@ -29,9 +31,29 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     let Cli { log, command } = cli;
     match command {
+        Command::Serve(args) => {
+            crate::telemetry::init(&log);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("error: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::serve::run(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check(args) => crate::check::run(&args),
         Command::Crdgen => {
-            let _ = log;
             print!("{}", crate::api::crd_yaml());
             ExitCode::SUCCESS
         }

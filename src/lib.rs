@@ -8,12 +8,21 @@
 //!   `rndc.key`, annotation stamping, the rotation schedule). No I/O, no clock, no randomness.
 //! - [`config`]: command-line and environment settings shared by every front end.
 //! - [`check`]: the offline `check` command for CI and GitOps pipelines.
+//! - [`admission`]: the HTTPS admission server (router, policy adapter, TLS, accept loop).
+//! - [`cache`]: watch caches that answer admission lookups without API calls.
+//! - [`serve`]: the `serve` command wiring admission, probes, caches and the rotator together.
+//! - [`probe`] and [`metrics`]: the plain-HTTP probe port and the Prometheus metrics.
 //! - [`cli`]: the command line and the dispatch to each command.
 //! - [`telemetry`]: logging setup.
 
+pub mod admission;
 pub mod api;
+pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod policy;
+pub mod probe;
+pub mod serve;
 pub mod telemetry;

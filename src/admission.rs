@@ -1,0 +1,360 @@
+//! The HTTPS admission server: AdmissionReview v1 endpoints `/mutate` and `/validate`, each
+//! dispatching on the request's kind to the pure policy core through [`review`].
+//!
+//! Transport rules: a body over [`MAX_BODY_BYTES`] gets 413, a content type other than JSON 415,
+//! a body that is not an AdmissionReview at all 400. Everything else is answered with an
+//! AdmissionReview whose `uid` echoes the request: malformed requests become denials that say
+//! what is wrong, never a panic or a 500.
+
+pub mod review;
+pub mod server;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use serde_json::Value;
+use tower::ServiceBuilder;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::metrics::{AdmissionLabels, Decision, Endpoint, EndpointLabels, Metrics};
+pub use review::AdmissionPolicy;
+
+/// The largest request body accepted, as the apiserver's own webhook client allows (7 MiB).
+pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+
+/// Request-level limits of the admission router.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Requests handled at once; more wait in line.
+    pub max_concurrency: usize,
+    /// Time allowed for reading the body and answering.
+    pub request_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 256,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AdmissionState {
+    /// The policy adapter that decides each request.
+    pub policy: Arc<AdmissionPolicy>,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The admission router (`POST /mutate`, `POST /validate`), callable in-process from tests.
+pub fn router(state: AdmissionState, limits: RequestLimits) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/validate", post(validate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(
+            ServiceBuilder::new()
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    limits.request_timeout,
+                ))
+                .layer(ConcurrencyLimitLayer::new(limits.max_concurrency)),
+        )
+        .with_state(state)
+}
+
+async fn mutate(State(state): State<AdmissionState>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(&state, Endpoint::Mutate, &headers, &body)
+}
+
+async fn validate(
+    State(state): State<AdmissionState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(&state, Endpoint::Validate, &headers, &body)
+}
+
+/// Counts the request as in flight for as long as it lives.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.admission_in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.admission_in_flight.dec();
+    }
+}
+
+fn handle(
+    state: &AdmissionState,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let started = Instant::now();
+    let _in_flight = InFlight::start(&state.metrics);
+    let (response, labels) = answer(state, endpoint, headers, body);
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .admission_duration
+        .get_or_create(&EndpointLabels { endpoint })
+        .observe(elapsed.as_secs_f64());
+    state
+        .metrics
+        .admission_requests
+        .get_or_create(&labels)
+        .inc();
+    response
+}
+
+fn invalid_labels(endpoint: Endpoint) -> AdmissionLabels {
+    AdmissionLabels {
+        endpoint,
+        kind: "unknown".to_owned(),
+        operation: "unknown".to_owned(),
+        decision: Decision::Invalid,
+    }
+}
+
+fn plain_error(status: StatusCode, message: String) -> Response {
+    tracing::info!(%status, %message, "rejected a malformed admission request");
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
+}
+
+fn answer(
+    state: &AdmissionState,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Response, AdmissionLabels) {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/json") {
+        let message = format!(
+            "content type must be application/json, got {:?}; send an admission.k8s.io/v1 AdmissionReview",
+            content_type
+        );
+        return (
+            plain_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message),
+            invalid_labels(endpoint),
+        );
+    }
+    let raw: Value = match serde_json::from_slice(body) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let message = format!(
+                "request body is not JSON ({error}); send an admission.k8s.io/v1 AdmissionReview"
+            );
+            return (
+                plain_error(StatusCode::BAD_REQUEST, message),
+                invalid_labels(endpoint),
+            );
+        }
+    };
+    let request = match parse_review(raw) {
+        Ok(request) => request,
+        Err(Malformed::NotAReview(message)) => {
+            return (
+                plain_error(StatusCode::BAD_REQUEST, message),
+                invalid_labels(endpoint),
+            );
+        }
+        Err(Malformed::BadRequest {
+            api_version,
+            uid,
+            message,
+        }) => {
+            tracing::info!(%uid, %message, "denied a malformed admission request");
+            let mut response = AdmissionResponse::invalid(&message);
+            response.uid = uid;
+            return (
+                review_json(&api_version, response),
+                invalid_labels(endpoint),
+            );
+        }
+    };
+    let verdict = state.policy.review(endpoint, &request);
+    let kind = request.kind.kind.clone();
+    let operation = operation_name(&request);
+    let name = if request.name.is_empty() {
+        object_name(&request)
+    } else {
+        request.name.clone()
+    };
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let mut response = AdmissionResponse::from(&request);
+    let decision = if let Some(message) = verdict.denial {
+        tracing::info!(uid = %request.uid, %kind, %namespace, %name, %operation, ?endpoint, decision = "denied", reason = %message, "admission");
+        response = response.deny(message);
+        Decision::Denied
+    } else if let Some(patch) = verdict.patch {
+        match response.clone().with_patch(patch) {
+            Ok(patched) => {
+                tracing::debug!(uid = %request.uid, %kind, %namespace, %name, %operation, decision = "patched", "admission");
+                response = patched;
+                Decision::Patched
+            }
+            Err(error) => {
+                tracing::error!(uid = %request.uid, %error, "could not encode the JSON patch");
+                response = response.deny("rndc-warden could not encode its patch; see its logs");
+                Decision::Denied
+            }
+        }
+    } else {
+        tracing::debug!(uid = %request.uid, %kind, %namespace, %name, %operation, decision = "allowed", "admission");
+        Decision::Allowed
+    };
+    if !verdict.warnings.is_empty() {
+        response.warnings = Some(verdict.warnings);
+    }
+    let labels = AdmissionLabels {
+        endpoint,
+        kind,
+        operation,
+        decision,
+    };
+    (review_json("admission.k8s.io/v1", response), labels)
+}
+
+fn operation_name(request: &AdmissionRequest<DynamicObject>) -> String {
+    serde_json::to_value(&request.operation)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn object_name(request: &AdmissionRequest<DynamicObject>) -> String {
+    request
+        .object
+        .as_ref()
+        .or(request.old_object.as_ref())
+        .and_then(|object| {
+            object
+                .metadata
+                .name
+                .clone()
+                .or(object.metadata.generate_name.clone())
+        })
+        .unwrap_or_default()
+}
+
+/// Encodes the response as an AdmissionReview of `api_version`, with the patch as a base64 string
+/// (what the apiserver's Go `[]byte` decoding expects; kube-core would write a number array).
+fn review_json(api_version: &str, mut response: AdmissionResponse) -> Response {
+    use base64::Engine as _;
+    let patch = response.patch.take();
+    let mut review = response.into_review();
+    review.types.api_version = api_version.to_owned();
+    let mut value = match serde_json::to_value(&review) {
+        Ok(value) => value,
+        Err(error) => {
+            tracing::error!(%error, "could not encode an AdmissionReview");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not encode the response",
+            )
+                .into_response();
+        }
+    };
+    if let (Some(patch), Some(Value::Object(body))) = (patch, value.get_mut("response")) {
+        body.insert(
+            "patch".to_owned(),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
+        );
+    }
+    Json(value).into_response()
+}
+
+/// Why a body could not be turned into an admission request.
+enum Malformed {
+    /// Not an AdmissionReview at all: answered with 400.
+    NotAReview(String),
+    /// An AdmissionReview whose request is unusable: answered with a denial.
+    BadRequest {
+        api_version: String,
+        uid: String,
+        message: String,
+    },
+}
+
+fn parse_review(raw: Value) -> Result<AdmissionRequest<DynamicObject>, Malformed> {
+    let Value::Object(map) = &raw else {
+        return Err(Malformed::NotAReview(
+            "request body is not a JSON object; send an admission.k8s.io/v1 AdmissionReview"
+                .to_owned(),
+        ));
+    };
+    let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind != "AdmissionReview" {
+        return Err(Malformed::NotAReview(format!(
+            "request body has kind {kind:?}, expected \"AdmissionReview\" (admission.k8s.io/v1)"
+        )));
+    }
+    let api_version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let Some(request) = map.get("request") else {
+        return Err(Malformed::NotAReview(
+            "AdmissionReview has no request; the apiserver always sends one".to_owned(),
+        ));
+    };
+    let uid = request
+        .get("uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if api_version != "admission.k8s.io/v1" {
+        return Err(Malformed::BadRequest {
+            api_version: if api_version.is_empty() {
+                "admission.k8s.io/v1".to_owned()
+            } else {
+                api_version.clone()
+            },
+            uid,
+            message: format!(
+                "AdmissionReview apiVersion {api_version:?} is not supported; set admissionReviewVersions: [\"v1\"] in the webhook configuration"
+            ),
+        });
+    }
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_value(raw.clone()).map_err(|error| Malformed::BadRequest {
+            api_version: api_version.clone(),
+            uid: uid.clone(),
+            message: format!("AdmissionReview request is malformed: {error}"),
+        })?;
+    review.try_into().map_err(|_| Malformed::BadRequest {
+        api_version,
+        uid,
+        message: "AdmissionReview request is malformed".to_owned(),
+    })
+}

@@ -1,0 +1,101 @@
+//! The TLS accept loop: one rustls handshake per connection with the current certificate, HTTP/1.1
+//! with a header read timeout, and a graceful drain of open connections on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::ReloadingTls;
+
+/// Connection-level limits of the HTTPS listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed for the request headers to arrive.
+    pub header_timeout: Duration,
+    /// Time allowed for open connections to finish after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` resolves, then drains open connections
+/// (bounded by `limits.drain_timeout`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let http = Arc::new(http.http1_only());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(tls.config());
+        let service = TowerToHyperService::new(router.clone());
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        let handshake_timeout = limits.handshake_timeout;
+        tokio::spawn(async move {
+            let tls_stream =
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => tls_stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let connection = http.serve_connection(TokioIo::new(tls_stream), service);
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open connections did not finish within the drain timeout");
+    }
+}

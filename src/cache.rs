@@ -1,0 +1,235 @@
+//! In-memory watch caches of the Bindy objects, so admission answers without any API call on the
+//! request path. Readiness turns true once every cache has listed its objects.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+
+use crate::api::{Bind9Cluster, Bind9Instance, ClusterBind9Provider};
+use crate::probe::Readiness;
+
+/// A background task of the cache.
+pub type CacheTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup<T> {
+    /// The object exists.
+    Found(Arc<T>),
+    /// The cache is synced and has no such object.
+    Missing,
+    /// There is no cache (no cluster connection), so nothing is known.
+    Unknown,
+}
+
+#[derive(Debug)]
+struct Stores {
+    instances: Vec<Store<Bind9Instance>>,
+    clusters: Vec<Store<Bind9Cluster>>,
+    providers: Store<ClusterBind9Provider>,
+}
+
+/// Watch caches of `Bind9Instance`, `Bind9Cluster` and `ClusterBind9Provider`, or nothing when
+/// there is no cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterCache {
+    stores: Option<Arc<Stores>>,
+}
+
+/// The cache and the tasks that keep it current.
+pub struct StartedCache {
+    /// The cache to read from.
+    pub cache: ClusterCache,
+    /// Tasks to run until shutdown; each returns only when `stop` resolves.
+    pub tasks: Vec<CacheTask>,
+}
+
+fn reflect<K>(api: Api<K>, stop: impl Future<Output = ()> + Send + 'static) -> (Store<K>, CacheTask)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer);
+    let task = async move {
+        let kind = K::kind(&());
+        let mut stream = std::pin::pin!(stream.take_until(stop));
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
+            }
+        }
+    };
+    (reader, Box::pin(task))
+}
+
+impl ClusterCache {
+    /// A cache that knows nothing (admission without a cluster connection).
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Starts watching `namespaces` (all when empty). Readiness is set once every store listed.
+    pub fn start(
+        client: Client,
+        namespaces: &[String],
+        readiness: Arc<Readiness>,
+        stop: &dyn Fn() -> CacheTask,
+    ) -> StartedCache {
+        let mut tasks = Vec::new();
+        let mut instances = Vec::new();
+        let mut clusters = Vec::new();
+        let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().map(|ns| Some(ns.as_str())).collect()
+        };
+        for scope in scopes {
+            let (instance_api, cluster_api) = match scope {
+                None => (Api::all(client.clone()), Api::all(client.clone())),
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                ),
+            };
+            let (store, task) = reflect::<Bind9Instance>(instance_api, stop());
+            instances.push(store);
+            tasks.push(task);
+            let (store, task) = reflect::<Bind9Cluster>(cluster_api, stop());
+            clusters.push(store);
+            tasks.push(task);
+        }
+        let (providers, task) = reflect::<ClusterBind9Provider>(Api::all(client), stop());
+        tasks.push(task);
+        let stores = Arc::new(Stores {
+            instances,
+            clusters,
+            providers,
+        });
+        let waiting = stores.clone();
+        let mut ready_stop = stop();
+        tasks.push(Box::pin(async move {
+            let synced = async {
+                for store in &waiting.instances {
+                    let _ = store.wait_until_ready().await;
+                }
+                for store in &waiting.clusters {
+                    let _ = store.wait_until_ready().await;
+                }
+                let _ = waiting.providers.wait_until_ready().await;
+                tracing::info!("watch caches synced");
+                readiness.set_caches_synced();
+            };
+            tokio::select! {
+                () = synced => {}
+                () = &mut ready_stop => return,
+            }
+            ready_stop.await;
+        }));
+        StartedCache {
+            cache: Self {
+                stores: Some(stores),
+            },
+            tasks,
+        }
+    }
+
+    /// A synced cache holding exactly these objects (offline use and tests).
+    pub fn from_objects(
+        instances: Vec<Bind9Instance>,
+        clusters: Vec<Bind9Cluster>,
+        providers: Vec<ClusterBind9Provider>,
+    ) -> Self {
+        fn filled<K>(objects: Vec<K>) -> Store<K>
+        where
+            K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+        {
+            let (reader, mut writer) = reflector::store();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for object in objects {
+                writer.apply_watcher_event(&watcher::Event::InitApply(object));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            reader
+        }
+        Self {
+            stores: Some(Arc::new(Stores {
+                instances: vec![filled(instances)],
+                clusters: vec![filled(clusters)],
+                providers: filled(providers),
+            })),
+        }
+    }
+
+    /// Whether this cache watches a cluster at all.
+    pub fn is_connected(&self) -> bool {
+        self.stores.is_some()
+    }
+
+    /// The `Bind9Cluster` (or, failing that, the `ClusterBind9Provider`) called `name`, as seen
+    /// from `namespace`.
+    pub fn cluster(&self, namespace: &str, name: &str) -> Lookup<ClusterRefTarget> {
+        let Some(stores) = &self.stores else {
+            return Lookup::Unknown;
+        };
+        let key = ObjectRef::<Bind9Cluster>::new(name).within(namespace);
+        if let Some(found) = stores.clusters.iter().find_map(|store| store.get(&key)) {
+            return Lookup::Found(Arc::new(ClusterRefTarget::Cluster(found)));
+        }
+        let key = ObjectRef::<ClusterBind9Provider>::new(name);
+        match stores.providers.get(&key) {
+            Some(found) => Lookup::Found(Arc::new(ClusterRefTarget::Provider(found))),
+            None => Lookup::Missing,
+        }
+    }
+
+    /// The `Bind9Instance` `namespace/name`.
+    pub fn instance(&self, namespace: &str, name: &str) -> Lookup<Bind9Instance> {
+        let Some(stores) = &self.stores else {
+            return Lookup::Unknown;
+        };
+        let key = ObjectRef::<Bind9Instance>::new(name).within(namespace);
+        match stores.instances.iter().find_map(|store| store.get(&key)) {
+            Some(found) => Lookup::Found(found),
+            None => Lookup::Missing,
+        }
+    }
+
+    /// Every cached `Bind9Instance` in `namespace`.
+    pub fn instances_in(&self, namespace: &str) -> Vec<Arc<Bind9Instance>> {
+        let Some(stores) = &self.stores else {
+            return Vec::new();
+        };
+        stores
+            .instances
+            .iter()
+            .flat_map(|store| {
+                store.state_filter(|instance| {
+                    instance.metadata.namespace.as_deref() == Some(namespace)
+                })
+            })
+            .collect()
+    }
+}
+
+/// What an instance's `clusterRef` names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterRefTarget {
+    /// A namespaced `Bind9Cluster`.
+    Cluster(Arc<Bind9Cluster>),
+    /// A cluster-scoped `ClusterBind9Provider`.
+    Provider(Arc<ClusterBind9Provider>),
+}

@@ -1,0 +1,189 @@
+//! Prometheus metrics of the whole process, exposed as text on the plain-HTTP probe port.
+
+use std::sync::Arc;
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Which admission endpoint served a request.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/mutate`
+    Mutate,
+    /// `/validate`
+    Validate,
+}
+
+/// The outcome of one admission request.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed without a patch.
+    Allowed,
+    /// Allowed with a JSON patch.
+    Patched,
+    /// Denied by policy.
+    Denied,
+    /// The request itself was malformed.
+    Invalid,
+}
+
+impl Endpoint {
+    /// The label value: `mutate` or `validate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mutate => "mutate",
+            Self::Validate => "validate",
+        }
+    }
+}
+
+impl Decision {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Patched => "patched",
+            Self::Denied => "denied",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+impl EncodeLabelValue for Endpoint {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Decision {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Labels of the admission request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `/mutate` or `/validate`.
+    pub endpoint: Endpoint,
+    /// The object kind (`Bind9Instance`, `Bind9Cluster`, `Secret`, or `unknown`).
+    pub kind: String,
+    /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT` or `unknown`.
+    pub operation: String,
+    /// The decision.
+    pub decision: Decision,
+}
+
+/// Labels for a result that either succeeded or failed.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// Labels of the admission latency histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// `/mutate` or `/validate`.
+    pub endpoint: Endpoint,
+}
+
+/// Every metric the process exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Admission requests by endpoint, kind, operation and decision.
+    pub admission_requests: Family<AdmissionLabels, Counter>,
+    /// Admission handling latency in seconds, from body read to response encoded.
+    pub admission_duration: Family<EndpointLabels, Histogram>,
+    /// Admission requests being handled right now.
+    pub admission_in_flight: Gauge,
+    /// Serving certificate reloads by result.
+    pub tls_reloads: Family<ResultLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0,
+    ])
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let admission_requests = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "rndc_warden_admission_requests",
+            "Admission requests by endpoint, kind, operation and decision",
+            admission_requests.clone(),
+        );
+        let admission_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "rndc_warden_admission_duration_seconds",
+            "Time spent handling one admission request",
+            admission_duration.clone(),
+        );
+        let admission_in_flight = Gauge::default();
+        registry.register(
+            "rndc_warden_admission_in_flight",
+            "Admission requests being handled",
+            admission_in_flight.clone(),
+        );
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "rndc_warden_tls_reloads",
+            "Serving certificate reloads by result",
+            tls_reloads.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            admission_requests,
+            admission_duration,
+            admission_in_flight,
+            tls_reloads,
+        })
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_metrics_carry_names_and_labels() {
+        let metrics = Metrics::new();
+        metrics
+            .admission_requests
+            .get_or_create(&AdmissionLabels {
+                endpoint: Endpoint::Validate,
+                kind: "Bind9Instance".to_owned(),
+                operation: "CREATE".to_owned(),
+                decision: Decision::Denied,
+            })
+            .inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"rndc_warden_admission_requests_total{endpoint="validate",kind="Bind9Instance",operation="CREATE",decision="denied"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

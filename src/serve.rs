@@ -1,0 +1,315 @@
+//! `rndc-warden serve`: the admission server, the probe port and (with cluster credentials) the
+//! watch caches and the rotator, in one process with one shutdown.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admission::server::{ConnectionLimits, serve_tls};
+use crate::admission::tls::{self, ReloadOutcome, ReloadingTls, TlsFiles};
+use crate::admission::{self, AdmissionPolicy, AdmissionState, RequestLimits};
+use crate::cache::ClusterCache;
+use crate::config::PolicyArgs;
+use crate::metrics::{Metrics, ResultLabels};
+use crate::probe::{self, Readiness};
+
+/// Flags of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS admission listener.
+    #[arg(long, env = "RNDC_WARDEN_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP probe listener (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "RNDC_WARDEN_PROBE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub probe_listen: SocketAddr,
+    /// PEM serving certificate chain; with `--tls-key`. Without both, a self-signed pair is generated.
+    #[arg(long, env = "RNDC_WARDEN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the serving certificate.
+    #[arg(long, env = "RNDC_WARDEN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle that client certificates must chain to (mTLS from the apiserver); off when unset.
+    #[arg(long, env = "RNDC_WARDEN_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "RNDC_WARDEN_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Where a generated self-signed CA and serving certificate are written.
+    #[arg(long, env = "RNDC_WARDEN_GENERATED_CERT_DIR")]
+    pub generated_cert_dir: Option<PathBuf>,
+    /// Extra DNS names or IPs for a generated serving certificate (localhost and 127.0.0.1 are always in).
+    #[arg(
+        long = "generated-cert-host",
+        env = "RNDC_WARDEN_GENERATED_CERT_HOSTS",
+        value_delimiter = ','
+    )]
+    pub generated_cert_hosts: Vec<String>,
+    /// Admission requests handled at once; more wait in line.
+    #[arg(long, env = "RNDC_WARDEN_MAX_CONCURRENCY", default_value_t = 256)]
+    pub max_concurrency: usize,
+    /// Time allowed to read and answer one admission request.
+    #[arg(long, env = "RNDC_WARDEN_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// After SIGTERM: how long to keep serving while readiness is false, so endpoints update.
+    #[arg(long, env = "RNDC_WARDEN_SHUTDOWN_DELAY", default_value = "2s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// After the delay: how long open connections may take to finish.
+    #[arg(long, env = "RNDC_WARDEN_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Namespaces to watch (comma-separated); all namespaces when empty.
+    #[arg(
+        long = "watch-namespace",
+        env = "RNDC_WARDEN_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub watch_namespaces: Vec<String>,
+    /// Serve admission only; do not connect to a cluster even when credentials are found.
+    #[arg(long, env = "RNDC_WARDEN_NO_CLUSTER", default_value_t = false)]
+    pub no_cluster: bool,
+    /// Defaults and policy.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Parses `500ms`, `10s`, `5m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit; use e.g. 500ms, 10s, 5m or 1h"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number; use e.g. 10s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        _ => Err(format!(
+            "{text:?} has unknown unit {unit:?}; use ms, s, m or h"
+        )),
+    }
+}
+
+type StopFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {},
+                    _ = terminate.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        return Ok(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        });
+    }
+    let dir = args
+        .generated_cert_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("rndc-warden-certs"));
+    let mut dns_names = vec!["localhost".to_owned()];
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    for host in &args.generated_cert_hosts {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns_names.push(host.clone()),
+        }
+    }
+    if !args.listen.ip().is_unspecified() && !ips.contains(&args.listen.ip()) {
+        ips.push(args.listen.ip());
+    }
+    let generated = tls::generate_self_signed(&dir, &dns_names, &ips, 365)
+        .context("generating a self-signed serving certificate")?;
+    tracing::info!(
+        ca = %generated.ca_path.display(),
+        "no --tls-cert/--tls-key given: generated a self-signed serving certificate; trust this CA (webhook caBundle)"
+    );
+    Ok(TlsFiles {
+        client_ca: args.tls_client_ca.clone(),
+        ..generated.files
+    })
+}
+
+/// Runs `serve` until SIGTERM/SIGINT, then drains. Fails when a listener or the TLS material
+/// cannot be set up, or when a component stops unexpectedly.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+    let policy_config = args.policy.to_config().context("invalid policy flags")?;
+
+    let files = tls_files(&args)?;
+    let tls = Arc::new(ReloadingTls::load(files).context("loading the serving certificate")?);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the admission listener --listen {}", args.listen))?;
+    let probe_listener = TcpListener::bind(args.probe_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the probe listener --probe-listen {}",
+                args.probe_listen
+            )
+        })?;
+    tracing::info!(listen = %listener.local_addr()?, probe = %probe_listener.local_addr()?, "serving admission over HTTPS");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_signal = {
+        let rx = stop_rx.clone();
+        move || -> StopFuture { Box::pin(stopped(rx.clone())) }
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let client = if args.no_cluster {
+        tracing::info!("--no-cluster: admission only, rotator off");
+        None
+    } else {
+        match kube::Client::try_default().await {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::info!(%error, "no cluster credentials found: admission only, rotator off");
+                None
+            }
+        }
+    };
+    let cache = match client {
+        Some(client) => {
+            tracing::info!("cluster credentials found: starting watch caches");
+            let started = ClusterCache::start(
+                client,
+                &args.watch_namespaces,
+                readiness.clone(),
+                &stop_signal,
+            );
+            for task in started.tasks {
+                tasks.spawn(task);
+            }
+            started.cache
+        }
+        None => {
+            readiness.set_caches_synced();
+            ClusterCache::empty()
+        }
+    };
+
+    let state = AdmissionState {
+        policy: Arc::new(AdmissionPolicy::new(policy_config, cache.clone())),
+        metrics: metrics.clone(),
+    };
+    let router = admission::router(
+        state,
+        RequestLimits {
+            max_concurrency: args.max_concurrency,
+            request_timeout: args.request_timeout,
+        },
+    );
+    let limits = ConnectionLimits {
+        drain_timeout: args.drain_timeout,
+        ..ConnectionLimits::default()
+    };
+
+    tasks.spawn(serve_tls(
+        listener,
+        tls.clone(),
+        router,
+        limits,
+        stop_signal(),
+    ));
+    let reload_metrics = metrics.clone();
+    tasks.spawn(tls.clone().watch(
+        args.tls_reload_interval,
+        move |outcome| {
+            let result = match outcome {
+                ReloadOutcome::Unchanged => return,
+                ReloadOutcome::Reloaded => "success",
+                ReloadOutcome::KeptPrevious => "failure",
+            };
+            reload_metrics
+                .tls_reloads
+                .get_or_create(&ResultLabels {
+                    result: result.to_owned(),
+                })
+                .inc();
+        },
+        stop_signal(),
+    ));
+    let probe_router = probe::router(readiness.clone(), metrics.clone());
+    let probe_stop = stop_signal();
+    tasks.spawn(async move {
+        if let Err(error) = axum::serve(probe_listener, probe_router)
+            .with_graceful_shutdown(probe_stop)
+            .await
+        {
+            tracing::error!(%error, "probe server failed");
+        }
+    });
+
+    tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!(delay = ?args.shutdown_delay, "shutting down: readiness off, draining");
+        }
+        Some(ended) = tasks.join_next() => {
+            let _ = stop_tx.send(true);
+            anyhow::bail!("a component stopped unexpectedly ({ended:?}); exiting so the pod restarts");
+        }
+    }
+    readiness.set_shutting_down();
+    tokio::time::sleep(args.shutdown_delay).await;
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_bare_numbers() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(
+            parse_duration("10")
+                .expect_err("no unit")
+                .contains("no unit")
+        );
+        assert!(
+            parse_duration("10y")
+                .expect_err("bad unit")
+                .contains("unknown unit")
+        );
+    }
+}
