@@ -159,17 +159,20 @@ impl RegisteredWebhook {
 }
 
 impl TestNamespace {
-    /// Creates a webhook configuration named `<namespace>-<kind>` whose single webhook is scoped
-    /// to this namespace by `namespaceSelector` (so parallel tests never see each other's).
+    /// Creates a webhook configuration named `<namespace>-<kind>-<n>` whose single webhook
+    /// (`<kind>-<n>.<namespace>.e2e.rndc-warden.test`) is scoped to this namespace by
+    /// `namespaceSelector`, so parallel tests never see each other's.
     /// Wait with [`RegisteredWebhook::wait_effective`] before relying on it.
     pub async fn register_webhook(
         &self,
         client: &Client,
         registration: WebhookRegistration,
     ) -> Result<RegisteredWebhook> {
-        let configuration_name = format!("{}-{}", self.name(), registration.kind.short());
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let configuration_name = format!("{}-{}-{n}", self.name(), registration.kind.short());
         let webhook_name = format!(
-            "{}.{}.e2e.rndc-warden.test",
+            "{}-{n}.{}.e2e.rndc-warden.test",
             registration.kind.short(),
             self.name()
         );
