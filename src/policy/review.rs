@@ -1,0 +1,651 @@
+//! Admission decisions for `Bind9Instance`, `Bind9Cluster` and `ClusterBind9Provider`: defaulting
+//! as an RFC 6902 patch (never changing which level wins) and validation of every place an
+//! algorithm, a duration or a key can appear.
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::algorithm::Algorithm;
+use super::duration::{RotateAfter, shorten};
+use super::effective::{
+    ConfigSource, EffectiveConfigError, Management, Role, effective_config, winning_block,
+};
+use super::key_data::{
+    DataKeys, Findings, KeyDataRules, check_algorithm_name, check_key_values, inline_values,
+};
+use super::names::is_dns_subdomain;
+use super::settings::PolicyConfig;
+use crate::api::{
+    ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT, ANNOTATION_ROTATION_COUNT, Bind9Cluster,
+    Bind9Instance, ClusterBind9Provider, DATA_RNDC_KEY, DATA_SECRET, Extra, RndcKeyConfig,
+    RndcSecretRef, RoleBlocks,
+};
+
+/// At most this many bytes of warnings per response (the API server's limit).
+pub const MAX_WARNINGS_BYTES: usize = 4096;
+/// Each warning is cut to this many bytes (the API server truncates longer ones).
+pub const MAX_WARNING_LEN: usize = 256;
+
+/// What the mutating webhook returns: a JSON patch and warnings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mutation {
+    /// RFC 6902 operations against the submitted object.
+    pub patch: Patch,
+    /// Warnings for the user.
+    pub warnings: Vec<String>,
+}
+
+/// What the validating webhook returns: denials and warnings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Validation {
+    /// Reasons to deny; empty means allowed.
+    pub denials: Vec<String>,
+    /// Warnings for the user.
+    pub warnings: Vec<String>,
+}
+
+impl Validation {
+    /// Whether the object is allowed.
+    pub fn allowed(&self) -> bool {
+        self.denials.is_empty()
+    }
+
+    /// All denials in one message (for `AdmissionResponse::deny`).
+    pub fn denial_message(&self) -> Option<String> {
+        (!self.denials.is_empty()).then(|| self.denials.join("; "))
+    }
+}
+
+impl From<Findings> for Validation {
+    fn from(findings: Findings) -> Self {
+        Self {
+            denials: findings.denials,
+            warnings: limit_warnings(findings.warnings),
+        }
+    }
+}
+
+/// Mutation then validation of the mutated object: what the API server would end up with.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    /// Reasons to deny; empty means allowed.
+    pub denials: Vec<String>,
+    /// Warnings from both webhooks, within the API server's limits.
+    pub warnings: Vec<String>,
+    /// The mutating webhook's patch.
+    pub patch: Patch,
+}
+
+impl Decision {
+    /// Combines a mutation and the validation of its result.
+    pub fn new(mutation: Mutation, validation: Validation) -> Self {
+        let mut warnings = mutation.warnings;
+        warnings.extend(validation.warnings);
+        Self {
+            denials: validation.denials,
+            warnings: limit_warnings(warnings),
+            patch: mutation.patch,
+        }
+    }
+
+    /// Whether the object is allowed.
+    pub fn allowed(&self) -> bool {
+        self.denials.is_empty()
+    }
+
+    /// All denials in one message (for `AdmissionResponse::deny`).
+    pub fn denial_message(&self) -> Option<String> {
+        (!self.denials.is_empty()).then(|| self.denials.join("; "))
+    }
+}
+
+/// Removes duplicates, cuts each warning to [`MAX_WARNING_LEN`] bytes and keeps the total within
+/// [`MAX_WARNINGS_BYTES`], saying how many were left out.
+pub fn limit_warnings(warnings: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut total = 0;
+    let mut dropped = 0;
+    for warning in warnings {
+        if out.contains(&warning) {
+            continue;
+        }
+        let warning = truncate(warning, MAX_WARNING_LEN);
+        // Reserve room for the "N more" note.
+        if total + warning.len() + 64 > MAX_WARNINGS_BYTES {
+            dropped += 1;
+            continue;
+        }
+        total += warning.len();
+        out.push(warning);
+    }
+    if dropped > 0 {
+        out.push(format!(
+            "{dropped} more warning(s) left out; run rndc-warden check to see all"
+        ));
+    }
+    out
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max - '…'.len_utf8();
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push('…');
+    text
+}
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+pub(crate) fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+pub(crate) fn replace(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Replace(ReplaceOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+/// Applies a patch to a typed object (how `check` sees what the API server would store).
+pub fn apply_patch<T: Serialize + DeserializeOwned>(
+    object: &T,
+    patch: &Patch,
+) -> Result<T, String> {
+    let mut value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    json_patch::patch(&mut value, patch).map_err(|e| e.to_string())?;
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+fn default_block(cfg: &PolicyConfig) -> Value {
+    json!({
+        "autoRotate": cfg.default_auto_rotate,
+        "rotateAfter": cfg.default_rotate_after.to_string(),
+        "algorithm": cfg.default_algorithm.name(),
+    })
+}
+
+/// Fills the omitted fields of a present block.
+fn fill_block(
+    tokens: &[&str],
+    block: &RndcKeyConfig,
+    cfg: &PolicyConfig,
+    ops: &mut Vec<PatchOperation>,
+) {
+    let with = |field: &'static str| {
+        let mut path = tokens.to_vec();
+        path.push(field);
+        path
+    };
+    if block.auto_rotate.is_none() {
+        ops.push(add(&with("autoRotate"), json!(cfg.default_auto_rotate)));
+    }
+    if block.rotate_after.is_none() {
+        ops.push(add(
+            &with("rotateAfter"),
+            json!(cfg.default_rotate_after.to_string()),
+        ));
+    }
+    if block.algorithm.is_none() {
+        ops.push(add(&with("algorithm"), json!(cfg.default_algorithm.name())));
+    }
+}
+
+/// Defaulting of a `Bind9Instance`. `cluster` is its cluster when known (`None` also for a
+/// standalone instance).
+pub fn mutate_instance(
+    instance: &Bind9Instance,
+    cluster: Option<&Bind9Cluster>,
+    cfg: &PolicyConfig,
+) -> Mutation {
+    let spec = &instance.spec;
+    let mut ops = Vec::new();
+    let mut warnings = Vec::new();
+    let role = spec.role.as_deref().and_then(Role::parse_any_case);
+    if let (Some(written), Some(role)) = (spec.role.as_deref(), role)
+        && written != role.as_str()
+    {
+        ops.push(replace(&["spec", "role"], json!(role.as_str())));
+    }
+    if let Some(block) = &spec.rndc_key {
+        fill_block(&["spec", "rndcKey"], block, cfg, &mut ops);
+    } else if spec.rndc_secret_ref.is_none() {
+        // A default block is injected only where no role-level block can apply; a deprecated
+        // rndcSecretRef is left to win as it does today.
+        let cluster_ref = spec.cluster_ref.as_deref().unwrap_or_default();
+        let inject = if cluster_ref.is_empty() {
+            true
+        } else {
+            match (cluster, role) {
+                (None, _) => {
+                    warnings.push(format!(
+                        "spec.clusterRef: Bind9Cluster {:?} is not known yet, so no default \
+                         rndcKey was set; its spec.<role>.rndcKey or the defaults will apply",
+                        shorten(cluster_ref)
+                    ));
+                    false
+                }
+                (Some(cluster), Some(role)) => role
+                    .block_of(cluster)
+                    .and_then(|b| b.rndc_key.as_ref())
+                    .is_none(),
+                (Some(_), None) => false,
+            }
+        };
+        if inject {
+            ops.push(add(&["spec", "rndcKey"], default_block(cfg)));
+        }
+    }
+    Mutation {
+        patch: Patch(ops),
+        warnings,
+    }
+}
+
+fn mutate_role_blocks(blocks: RoleBlocks<'_>, cfg: &PolicyConfig) -> Mutation {
+    let mut ops = Vec::new();
+    for (name, role) in [("primary", blocks.primary), ("secondary", blocks.secondary)] {
+        if let Some(block) = role.and_then(|r| r.rndc_key.as_ref()) {
+            fill_block(&["spec", name, "rndcKey"], block, cfg, &mut ops);
+        }
+    }
+    Mutation {
+        patch: Patch(ops),
+        warnings: Vec::new(),
+    }
+}
+
+/// Defaulting of a `Bind9Cluster`: fills the omitted fields of its role-level blocks.
+pub fn mutate_cluster(cluster: &Bind9Cluster, cfg: &PolicyConfig) -> Mutation {
+    mutate_role_blocks(cluster.spec.role_blocks(), cfg)
+}
+
+/// Defaulting of a `ClusterBind9Provider`: fills the omitted fields of its role-level blocks.
+pub fn mutate_provider(provider: &ClusterBind9Provider, cfg: &PolicyConfig) -> Mutation {
+    mutate_role_blocks(provider.spec.role_blocks(), cfg)
+}
+
+fn deny_unknown_fields(path: &str, extra: &Extra, known: &str, findings: &mut Findings) {
+    for key in extra.keys() {
+        let hint = if key == "rndcKeys" {
+            format!("did you mean {path}.rndcKey?")
+        } else {
+            format!("use {known}")
+        };
+        findings.deny(format!("{path}.{}: unknown field; {hint}", shorten(key)));
+    }
+}
+
+fn check_secret_name(path: &str, name: &str, findings: &mut Findings) {
+    if !is_dns_subdomain(name) {
+        findings.deny(format!(
+            "{path}: {:?} is not a valid Secret name; use lower-case letters, digits, '-' and '.' \
+             (a DNS-1123 subdomain), e.g. \"dns-primary-rndc\"",
+            shorten(name)
+        ));
+    }
+}
+
+fn check_reference(
+    path: &str,
+    reference: &RndcSecretRef,
+    cfg: &PolicyConfig,
+    findings: &mut Findings,
+) {
+    deny_unknown_fields(
+        path,
+        &reference.extra,
+        "name, algorithm, keyNameKey, algorithmKey or secretKey",
+        findings,
+    );
+    check_secret_name(&format!("{path}.name"), &reference.name, findings);
+    if let Some(algorithm) = &reference.algorithm {
+        check_algorithm_name(&format!("{path}.algorithm"), algorithm, cfg, findings);
+    }
+}
+
+/// Checks one `rndcKey` block at `path` (e.g. `spec.rndcKey`, `spec.primary.rndcKey`).
+fn check_block(path: &str, block: &RndcKeyConfig, cfg: &PolicyConfig, findings: &mut Findings) {
+    deny_unknown_fields(
+        path,
+        &block.extra,
+        "autoRotate, rotateAfter, algorithm, secretRef or secret",
+        findings,
+    );
+    if let Some(value) = &block.rotate_after {
+        match RotateAfter::parse(value) {
+            Err(error) => findings.deny(format!("{path}.rotateAfter: {error}")),
+            Ok(interval) if interval.is_short() => findings.warn(format!(
+                "{path}.rotateAfter: {interval} is under 24h and every rotation restarts the BIND \
+                 pods; use at least 24h, e.g. \"720h\""
+            )),
+            Ok(_) => {}
+        }
+    }
+    let algorithm = block
+        .algorithm
+        .as_deref()
+        .map(|name| check_algorithm_name(&format!("{path}.algorithm"), name, cfg, findings))
+        .unwrap_or(Some(cfg.default_algorithm));
+    if block.secret_ref.is_some() && block.secret.is_some() {
+        findings.deny(format!(
+            "{path}: secretRef and secret are both set; keep secretRef for a Secret you manage or \
+             secret for one rndc-warden creates, not both"
+        ));
+    }
+    if let Some(reference) = &block.secret_ref {
+        check_reference(&format!("{path}.secretRef"), reference, cfg, findings);
+        if block.auto_rotate == Some(true) {
+            findings.warn(format!(
+                "{path}.autoRotate: ignored with secretRef; rndc-warden never rotates a Secret you \
+                 manage, so rotate it yourself"
+            ));
+        }
+    }
+    if let Some(inline) = &block.secret {
+        let prefix = format!("{path}.secret");
+        deny_unknown_fields(
+            &prefix,
+            &inline.extra,
+            "metadata, type, data or stringData",
+            findings,
+        );
+        deny_unknown_fields(
+            &format!("{prefix}.metadata"),
+            &inline.metadata.extra,
+            "name, labels or annotations",
+            findings,
+        );
+        check_secret_name(
+            &format!("{prefix}.metadata.name"),
+            &inline.metadata.name,
+            findings,
+        );
+        if let Some(kind) = inline.type_.as_deref().filter(|t| *t != "Opaque") {
+            findings.deny(format!(
+                "{prefix}.type: {:?} is not supported for RNDC keys; use Opaque or leave it out",
+                shorten(kind)
+            ));
+        }
+        for reserved in [
+            ANNOTATION_CREATED_AT,
+            ANNOTATION_ROTATE_AT,
+            ANNOTATION_ROTATION_COUNT,
+        ] {
+            if inline
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(reserved))
+            {
+                findings.warn(format!(
+                    "{prefix}.metadata.annotations: {reserved} is ignored; rndc-warden writes it"
+                ));
+            }
+        }
+        let has_data = inline.data.as_ref().is_some_and(|d| !d.is_empty())
+            || inline.string_data.as_ref().is_some_and(|d| !d.is_empty());
+        if has_data {
+            findings.warn(format!(
+                "{prefix}: inline key data is readable by anyone who can read this object; \
+                 prefer secretRef to a Secret you manage"
+            ));
+        }
+        let values = inline_values(inline, &prefix, findings);
+        if block.auto_rotate == Some(true)
+            && (values.contains_key(DATA_RNDC_KEY) || values.contains_key(DATA_SECRET))
+        {
+            findings.warn(format!(
+                "{prefix}: the inline key is replaced at the first rotation since autoRotate is \
+                 true"
+            ));
+        }
+        let expected_path = format!("{path}.algorithm");
+        let rules = KeyDataRules {
+            keys: &DataKeys::default(),
+            require_complete: false,
+            prefix: &format!("{prefix}.data"),
+            expected_algorithm: algorithm.map(|a: Algorithm| (a, expected_path.as_str())),
+        };
+        check_key_values(&values, &rules, cfg, findings);
+    }
+}
+
+/// Warns (or, in compliance mode, denies) when a managed key never rotates.
+fn check_rotation_required(subject: &str, path: &str, findings: &mut Findings, cfg: &PolicyConfig) {
+    if cfg.require_auto_rotate {
+        findings.deny(format!(
+            "{path}: autoRotate is false but policy requires automatic rotation of {subject}; set \
+             autoRotate: true"
+        ));
+    } else {
+        findings.warn(format!(
+            "{path}: autoRotate is false, so {subject} is never rotated; set autoRotate: true"
+        ));
+    }
+}
+
+/// Validation of a (mutated) `Bind9Instance`.
+pub fn validate_instance(
+    instance: &Bind9Instance,
+    cluster: Option<&Bind9Cluster>,
+    cfg: &PolicyConfig,
+) -> Validation {
+    let spec = &instance.spec;
+    let mut findings = Findings::default();
+    match spec.role.as_deref() {
+        None => {
+            findings.deny("spec.role: missing; set it to \"primary\" or \"secondary\"".to_owned())
+        }
+        Some(role) if Role::parse_any_case(role).is_none() => findings.deny(format!(
+            "spec.role: {:?} is not a role; use \"primary\" or \"secondary\"",
+            shorten(role)
+        )),
+        Some(_) => {}
+    }
+    for key in spec.extra.keys().filter(|k| *k == "rndcKeys") {
+        findings.deny(format!(
+            "spec.{key}: unknown field; did you mean spec.rndcKey?"
+        ));
+    }
+    if let Some(block) = &spec.rndc_key {
+        check_block("spec.rndcKey", block, cfg, &mut findings);
+    }
+    if let Some(reference) = &spec.rndc_secret_ref {
+        check_reference("spec.rndcSecretRef", reference, cfg, &mut findings);
+        let winner = winning_block(instance, cluster).map(|(source, _)| source);
+        findings.warn(match winner {
+            Ok(ConfigSource::DeprecatedSecretRef) => {
+                "spec.rndcSecretRef is deprecated; move it to spec.rndcKey.secretRef".to_owned()
+            }
+            Ok(other) => format!(
+                "spec.rndcSecretRef is deprecated and ignored because {} is set; remove it",
+                other.path()
+            ),
+            Err(_) => {
+                "spec.rndcSecretRef is deprecated; move it to spec.rndcKey.secretRef".to_owned()
+            }
+        });
+    }
+    if let Some(reference) = spec
+        .config
+        .as_ref()
+        .and_then(|c| c.rndc_secret_ref.as_ref())
+    {
+        check_reference("spec.config.rndcSecretRef", reference, cfg, &mut findings);
+        findings.warn(
+            "spec.config.rndcSecretRef is ignored by the Bindy operator; use spec.rndcKey.secretRef"
+                .to_owned(),
+        );
+    }
+    match effective_config(instance, cluster, cfg) {
+        Ok(effective) => {
+            if effective.is_managed() {
+                if effective.management == Management::Generated {
+                    let path =
+                        format!("the Secret name from template {}", cfg.secret_name_template);
+                    check_secret_name(&path, &effective.secret_name, &mut findings);
+                }
+                if !effective.auto_rotate {
+                    let path = match &effective.source {
+                        ConfigSource::Defaults => {
+                            "spec.rndcKey (none applies; the default)".to_owned()
+                        }
+                        source => format!("{}.autoRotate", source.path()),
+                    };
+                    check_rotation_required("this instance's RNDC key", &path, &mut findings, cfg);
+                }
+            }
+        }
+        // Invalid values are denied by the block checks above; an unknown cluster was warned
+        // about by the mutation; a missing role or name is denied or harmless.
+        Err(
+            EffectiveConfigError::Invalid { .. }
+            | EffectiveConfigError::UnknownCluster(_)
+            | EffectiveConfigError::NoRole
+            | EffectiveConfigError::Unnamed,
+        ) => {}
+    }
+    findings.into()
+}
+
+fn validate_role_blocks(blocks: RoleBlocks<'_>, cfg: &PolicyConfig) -> Validation {
+    let mut findings = Findings::default();
+    for key in blocks.extra.keys().filter(|k| *k == "rndcKeys") {
+        findings.deny(format!(
+            "spec.{key}: unknown field; set spec.primary.rndcKey and spec.secondary.rndcKey instead"
+        ));
+    }
+    for (name, role) in [("primary", blocks.primary), ("secondary", blocks.secondary)] {
+        let Some(role) = role else { continue };
+        let base = format!("spec.{name}");
+        for key in role.extra.keys().filter(|k| *k == "rndcKeys") {
+            findings.deny(format!(
+                "{base}.{key}: unknown field; did you mean {base}.rndcKey?"
+            ));
+        }
+        if let Some(block) = &role.rndc_key {
+            let path = format!("{base}.rndcKey");
+            check_block(&path, block, cfg, &mut findings);
+            let managed = block.secret_ref.is_none();
+            if managed && !block.auto_rotate.unwrap_or(cfg.default_auto_rotate) {
+                let subject = format!("the keys of {name} instances");
+                check_rotation_required(
+                    &subject,
+                    &format!("{path}.autoRotate"),
+                    &mut findings,
+                    cfg,
+                );
+            }
+        }
+        if let Some(reference) = &role.rndc_secret_ref {
+            let path = format!("{base}.rndcSecretRef");
+            check_reference(&path, reference, cfg, &mut findings);
+            findings.warn(format!(
+                "{path} is ignored by the Bindy operator; use {base}.rndcKey.secretRef"
+            ));
+        }
+    }
+    if let Some(reference) = blocks.global.and_then(|g| g.rndc_secret_ref.as_ref()) {
+        check_reference("spec.global.rndcSecretRef", reference, cfg, &mut findings);
+        findings.warn(
+            "spec.global.rndcSecretRef is ignored by the Bindy operator; use \
+             spec.primary.rndcKey and spec.secondary.rndcKey"
+                .to_owned(),
+        );
+    }
+    for (i, reference) in blocks
+        .rndc_secret_refs
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        check_reference(
+            &format!("spec.rndcSecretRefs[{i}]"),
+            reference,
+            cfg,
+            &mut findings,
+        );
+    }
+    if blocks.rndc_secret_refs.is_some_and(|r| !r.is_empty()) {
+        findings.warn(
+            "spec.rndcSecretRefs is ignored by the Bindy operator for RNDC keys; use \
+             spec.primary.rndcKey and spec.secondary.rndcKey"
+                .to_owned(),
+        );
+    }
+    findings.into()
+}
+
+/// Validation of a (mutated) `Bind9Cluster`.
+pub fn validate_cluster(cluster: &Bind9Cluster, cfg: &PolicyConfig) -> Validation {
+    validate_role_blocks(cluster.spec.role_blocks(), cfg)
+}
+
+/// Validation of a (mutated) `ClusterBind9Provider`.
+pub fn validate_provider(provider: &ClusterBind9Provider, cfg: &PolicyConfig) -> Validation {
+    validate_role_blocks(provider.spec.role_blocks(), cfg)
+}
+
+fn review<T: Serialize + DeserializeOwned>(
+    object: &T,
+    mutation: Mutation,
+    validate: impl FnOnce(&T) -> Validation,
+) -> Decision {
+    match apply_patch(object, &mutation.patch) {
+        Ok(mutated) => {
+            let validation = validate(&mutated);
+            Decision::new(mutation, validation)
+        }
+        Err(error) => Decision {
+            denials: vec![format!(
+                "internal error: the defaulting patch does not apply: {error}"
+            )],
+            warnings: Vec::new(),
+            patch: mutation.patch,
+        },
+    }
+}
+
+/// Mutation and validation of a `Bind9Instance`, as the API server would run them.
+pub fn review_instance(
+    instance: &Bind9Instance,
+    cluster: Option<&Bind9Cluster>,
+    cfg: &PolicyConfig,
+) -> Decision {
+    let mutation = mutate_instance(instance, cluster, cfg);
+    review(instance, mutation, |mutated| {
+        validate_instance(mutated, cluster, cfg)
+    })
+}
+
+/// Mutation and validation of a `Bind9Cluster`.
+pub fn review_cluster(cluster: &Bind9Cluster, cfg: &PolicyConfig) -> Decision {
+    review(cluster, mutate_cluster(cluster, cfg), |mutated| {
+        validate_cluster(mutated, cfg)
+    })
+}
+
+/// Mutation and validation of a `ClusterBind9Provider`.
+pub fn review_provider(provider: &ClusterBind9Provider, cfg: &PolicyConfig) -> Decision {
+    review(provider, mutate_provider(provider, cfg), |mutated| {
+        validate_provider(mutated, cfg)
+    })
+}
+
+#[cfg(test)]
+#[path = "review_tests.rs"]
+mod tests;

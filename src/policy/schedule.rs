@@ -1,0 +1,521 @@
+//! The rotation schedule (SPEC §7): what the rotator should do with an instance's Secret now, when
+//! to look again, and the audit verdict.
+//!
+//! Scheduling depends only on the Secret's `rndc-created-at` and the current effective
+//! `rotateAfter`, never on status or on `rndc-rotate-at` (which is rewritten to match), so a status
+//! field pruned by an installed schema cannot cause a rotation loop.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use k8s_openapi::api::core::v1::Secret;
+use sha2::{Digest, Sha256};
+
+use super::algorithm::{Algorithm, Strength};
+use super::effective::EffectiveKeyConfig;
+use super::key_data::{key_facts, secret_values};
+use super::settings::PolicyConfig;
+use crate::api::{
+    ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT, ANNOTATION_ROTATION_COUNT, DEFAULT_KEY_NAME,
+    RndcKeyRotationStatus,
+};
+
+/// No rotation within this long of the key's creation.
+pub const RATE_LIMIT: TimeDelta = TimeDelta::hours(1);
+/// `audit` calls a key overdue once it is this late.
+pub const OVERDUE_GRACE: TimeDelta = TimeDelta::hours(1);
+
+/// Formats a time as rndc-warden writes it: RFC 3339, UTC, `Z`, whole seconds.
+pub fn format_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Parses an RFC 3339 time (`Z` or any offset, e.g. upstream's `+00:00`).
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The rotation annotations of a Secret, as far as they parse.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyAnnotations {
+    /// `rndc-created-at`.
+    pub created_at: Option<DateTime<Utc>>,
+    /// `rndc-rotate-at`.
+    pub rotate_at: Option<DateTime<Utc>>,
+    /// `rndc-rotation-count` (0 when absent or invalid).
+    pub rotation_count: u32,
+}
+
+impl KeyAnnotations {
+    /// Reads the annotations of a Secret.
+    pub fn of(secret: &Secret) -> Self {
+        let get = |key: &str| {
+            secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+        };
+        Self {
+            created_at: get(ANNOTATION_CREATED_AT).and_then(|v| parse_time(v)),
+            rotate_at: get(ANNOTATION_ROTATE_AT).and_then(|v| parse_time(v)),
+            rotation_count: get(ANNOTATION_ROTATION_COUNT)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// The three rotation annotations for a key created at `created_at`.
+pub fn rotation_annotations(
+    created_at: DateTime<Utc>,
+    rotation_count: u32,
+    rotate_after: Option<TimeDelta>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::from([
+        (ANNOTATION_CREATED_AT.to_owned(), format_time(created_at)),
+        (
+            ANNOTATION_ROTATION_COUNT.to_owned(),
+            rotation_count.to_string(),
+        ),
+    ]);
+    if let Some(interval) = rotate_after {
+        out.insert(
+            ANNOTATION_ROTATE_AT.to_owned(),
+            format_time(created_at + interval),
+        );
+    }
+    out
+}
+
+/// The status block (`rndcKeyRotationStatus`, and upstream's `rndcKeyRotation`) for a Secret.
+pub fn rotation_status(
+    secret: &Secret,
+    config: &EffectiveKeyConfig,
+) -> Option<RndcKeyRotationStatus> {
+    let annotations = KeyAnnotations::of(secret);
+    let created_at = annotations.created_at?;
+    let created = format_time(created_at);
+    Some(RndcKeyRotationStatus {
+        created_at: created.clone(),
+        rotate_at: config
+            .rotates()
+            .then(|| format_time(created_at + config.rotate_after.as_time_delta())),
+        last_rotated_at: (annotations.rotation_count > 0).then_some(created),
+        rotation_count: Some(annotations.rotation_count),
+    })
+}
+
+/// Why a managed key is replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotateReason {
+    /// `rotateAfter` has passed since `rndc-created-at`.
+    Due,
+    /// The configured algorithm differs from the Secret's.
+    AlgorithmChanged,
+    /// The Secret's key data is missing or invalid.
+    Repair,
+}
+
+impl fmt::Display for RotateReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RotateReason::Due => "due",
+            RotateReason::AlgorithmChanged => "algorithm changed",
+            RotateReason::Repair => "key data invalid",
+        })
+    }
+}
+
+/// What to do with the Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretAction {
+    /// Nothing.
+    Nothing,
+    /// Create the managed Secret: generate `algorithm.output_len()` random bytes, build the data
+    /// with [`super::key_secret_from_bytes`], set `annotations`, the RNDC key label and an
+    /// ownerReference to the instance. For an inline `secret`, also its labels, annotations and
+    /// any key material it carries.
+    Provision {
+        /// Secret name.
+        secret_name: String,
+        /// Algorithm of the new key.
+        algorithm: Algorithm,
+        /// Key name of the new key.
+        key_name: String,
+        /// Rotation annotations to set.
+        annotations: BTreeMap<String, String>,
+    },
+    /// Replace the key in one update (resourceVersion precondition) that also sets `annotations`,
+    /// keeping every other label, annotation and data key.
+    Rotate {
+        /// Secret name.
+        secret_name: String,
+        /// Why.
+        reason: RotateReason,
+        /// Algorithm of the new key.
+        algorithm: Algorithm,
+        /// Key name, kept across rotations.
+        key_name: String,
+        /// The new rotation count (for the log line `rotation #N`).
+        rotation: u32,
+        /// Rotation annotations to set.
+        annotations: BTreeMap<String, String>,
+    },
+    /// Rewrite annotations without touching the key (`autoRotate` turned on, `rotateAfter`
+    /// changed, a Secret created without annotations).
+    Annotate {
+        /// Secret name.
+        secret_name: String,
+        /// Annotations to set.
+        set: BTreeMap<String, String>,
+        /// Annotations to remove (`rndc-rotate-at` when rotation is off).
+        remove: Vec<String>,
+    },
+}
+
+/// The rotator's plan for one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationPlan {
+    /// What to do with the Secret.
+    pub action: SecretAction,
+    /// The key revision every Deployment using the Secret should carry in its pod-template
+    /// annotation `bindy.firestoned.io/rndc-rotated-at` once the action is done.
+    pub marker: Option<String>,
+    /// When to evaluate again at the latest (the next due time, or the end of the rate limit).
+    pub next_wake: Option<DateTime<Utc>>,
+    roll_unmarked: bool,
+}
+
+impl RotationPlan {
+    /// Whether a Deployment with this current marker must be patched.
+    ///
+    /// A Deployment without a marker is rolled only when the key was ever replaced (or is being
+    /// replaced now): installing rndc-warden does not restart servers whose key never changed.
+    pub fn needs_roll(&self, current: Option<&str>) -> bool {
+        match (&self.marker, current) {
+            (None, _) => false,
+            (Some(_), None) => self.roll_unmarked,
+            (Some(wanted), Some(current)) => !same_revision(wanted, current),
+        }
+    }
+}
+
+/// Whether two markers name the same key revision (times compare by instant).
+pub fn same_revision(a: &str, b: &str) -> bool {
+    match (parse_time(a), parse_time(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The marker for a Secret: its `rndc-created-at`, or else a fingerprint of its key data (for user
+/// Secrets without annotations). The fingerprint is a truncated SHA-256 and reveals no key.
+pub fn key_revision(secret: &Secret) -> Option<String> {
+    if let Some(created) = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_CREATED_AT))
+    {
+        return Some(created.clone());
+    }
+    let values = secret_values(secret);
+    if values.is_empty() {
+        return None;
+    }
+    let mut hash = Sha256::new();
+    for (key, value) in &values {
+        hash.update((key.len() as u64).to_be_bytes());
+        hash.update(key.as_bytes());
+        hash.update((value.bytes.len() as u64).to_be_bytes());
+        hash.update(&value.bytes);
+    }
+    let digest = hash.finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Some(format!("sha256:{hex}"))
+}
+
+/// Decides what the rotator does for an instance whose effective configuration is `config` and
+/// whose Secret (looked up by `config.secret_name`) is `secret`.
+pub fn plan_rotation(
+    config: &EffectiveKeyConfig,
+    secret: Option<&Secret>,
+    now: DateTime<Utc>,
+    cfg: &PolicyConfig,
+) -> RotationPlan {
+    let interval = config.rotate_after.as_time_delta();
+    let secret_name = config.secret_name.clone();
+    let Some(secret) = secret else {
+        if !config.is_managed() {
+            return RotationPlan {
+                action: SecretAction::Nothing,
+                marker: None,
+                next_wake: None,
+                roll_unmarked: false,
+            };
+        }
+        let annotations = rotation_annotations(now, 0, config.rotates().then_some(interval));
+        return RotationPlan {
+            action: SecretAction::Provision {
+                secret_name,
+                algorithm: config.algorithm,
+                key_name: DEFAULT_KEY_NAME.to_owned(),
+                annotations,
+            },
+            marker: Some(format_time(now)),
+            next_wake: config.rotates().then_some(now + interval),
+            roll_unmarked: true,
+        };
+    };
+    let annotations = KeyAnnotations::of(secret);
+    if !config.is_managed() {
+        return RotationPlan {
+            action: SecretAction::Nothing,
+            marker: key_revision(secret),
+            next_wake: None,
+            roll_unmarked: annotations.rotation_count > 0,
+        };
+    }
+
+    let (facts, findings) = key_facts(secret, cfg);
+    let key_name = facts
+        .name
+        .clone()
+        .unwrap_or_else(|| DEFAULT_KEY_NAME.to_owned());
+    let rotate = |reason: RotateReason| {
+        let rotation = annotations.rotation_count.saturating_add(1);
+        RotationPlan {
+            action: SecretAction::Rotate {
+                secret_name: secret_name.clone(),
+                reason,
+                algorithm: config.algorithm,
+                key_name: key_name.clone(),
+                rotation,
+                annotations: rotation_annotations(
+                    now,
+                    rotation,
+                    config.rotates().then_some(interval),
+                ),
+            },
+            marker: Some(format_time(now)),
+            next_wake: config.rotates().then_some(now + interval),
+            roll_unmarked: true,
+        }
+    };
+    if !findings.denials.is_empty() && facts.algorithm.is_none_or(|a| a == config.algorithm) {
+        return rotate(RotateReason::Repair);
+    }
+    if facts.algorithm.is_some_and(|a| a != config.algorithm) {
+        return rotate(RotateReason::AlgorithmChanged);
+    }
+
+    // A Secret without (valid) created-at is adopted: its age is its creation time.
+    let (created_at, mut set) = match annotations.created_at {
+        Some(created) => (created, BTreeMap::new()),
+        None => {
+            let created = secret
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| {
+                    DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
+                })
+                .filter(|t| *t <= now)
+                .unwrap_or(now);
+            let set = BTreeMap::from([(ANNOTATION_CREATED_AT.to_owned(), format_time(created))]);
+            (created, set)
+        }
+    };
+    if config.rotates() {
+        let due_at = created_at + interval;
+        let future = created_at > now;
+        let rate_limited = !future && now < created_at + RATE_LIMIT;
+        if (now >= due_at || future) && !rate_limited {
+            return rotate(RotateReason::Due);
+        }
+        let next_wake = if rate_limited && now >= due_at {
+            created_at + RATE_LIMIT
+        } else {
+            due_at
+        };
+        if annotations.rotate_at != Some(due_at) {
+            set.insert(ANNOTATION_ROTATE_AT.to_owned(), format_time(due_at));
+        }
+        let count_missing = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key(ANNOTATION_ROTATION_COUNT));
+        if count_missing {
+            set.insert(
+                ANNOTATION_ROTATION_COUNT.to_owned(),
+                annotations.rotation_count.to_string(),
+            );
+        }
+        let marker = set
+            .get(ANNOTATION_CREATED_AT)
+            .cloned()
+            .or_else(|| key_revision(secret));
+        let action = if set.is_empty() {
+            SecretAction::Nothing
+        } else {
+            SecretAction::Annotate {
+                secret_name,
+                set,
+                remove: Vec::new(),
+            }
+        };
+        return RotationPlan {
+            action,
+            marker,
+            next_wake: Some(next_wake),
+            roll_unmarked: annotations.rotation_count > 0,
+        };
+    }
+    let has_rotate_at = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(ANNOTATION_ROTATE_AT));
+    let remove = if has_rotate_at {
+        vec![ANNOTATION_ROTATE_AT.to_owned()]
+    } else {
+        Vec::new()
+    };
+    let marker = set
+        .get(ANNOTATION_CREATED_AT)
+        .cloned()
+        .or_else(|| key_revision(secret));
+    let action = if set.is_empty() && remove.is_empty() {
+        SecretAction::Nothing
+    } else {
+        SecretAction::Annotate {
+            secret_name,
+            set,
+            remove,
+        }
+    };
+    RotationPlan {
+        action,
+        marker,
+        next_wake: None,
+        roll_unmarked: annotations.rotation_count > 0,
+    }
+}
+
+/// The audit verdict of an instance's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Rotating and on schedule.
+    Ok,
+    /// Due for more than [`OVERDUE_GRACE`], or the managed Secret is missing.
+    Overdue,
+    /// A managed key with `autoRotate` off.
+    NotRotating,
+    /// The configured or stored algorithm is denied or weak.
+    WeakAlgorithm,
+    /// A Secret the user manages (`secretRef`).
+    UserManaged,
+}
+
+impl Verdict {
+    /// The report spelling: `OK`, `OVERDUE`, `NOT-ROTATING`, `WEAK-ALGORITHM`, `USER-MANAGED`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "OK",
+            Verdict::Overdue => "OVERDUE",
+            Verdict::NotRotating => "NOT-ROTATING",
+            Verdict::WeakAlgorithm => "WEAK-ALGORITHM",
+            Verdict::UserManaged => "USER-MANAGED",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An audit line for one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditFinding {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// When the key is (or was) due, for rotating keys.
+    pub due_at: Option<DateTime<Utc>>,
+    /// One sentence of detail.
+    pub detail: String,
+}
+
+/// Audits an instance's key: weak algorithms first, then user-managed, not rotating, overdue.
+pub fn audit(
+    config: &EffectiveKeyConfig,
+    secret: Option<&Secret>,
+    now: DateTime<Utc>,
+    cfg: &PolicyConfig,
+) -> AuditFinding {
+    let stored = secret.and_then(|s| key_facts(s, cfg).0.algorithm);
+    let weak = |a: Algorithm| cfg.is_denied(a) || a.strength() < Strength::Strong;
+    if let Some(algorithm) = [Some(config.algorithm), stored]
+        .into_iter()
+        .flatten()
+        .find(|a| weak(*a))
+    {
+        return AuditFinding {
+            verdict: Verdict::WeakAlgorithm,
+            due_at: None,
+            detail: format!("the key uses {algorithm}"),
+        };
+    }
+    if !config.is_managed() {
+        return AuditFinding {
+            verdict: Verdict::UserManaged,
+            due_at: None,
+            detail: format!("Secret {} is managed by its owner", config.secret_name),
+        };
+    }
+    if !config.auto_rotate {
+        return AuditFinding {
+            verdict: Verdict::NotRotating,
+            due_at: None,
+            detail: format!("autoRotate is false in {}", config.source.path()),
+        };
+    }
+    let created = secret.and_then(|s| KeyAnnotations::of(s).created_at);
+    let Some(created) = created else {
+        let detail = match secret {
+            None => format!("Secret {} does not exist", config.secret_name),
+            Some(_) => format!(
+                "Secret {} has no {ANNOTATION_CREATED_AT}",
+                config.secret_name
+            ),
+        };
+        return AuditFinding {
+            verdict: Verdict::Overdue,
+            due_at: None,
+            detail,
+        };
+    };
+    let due_at = created + config.rotate_after.as_time_delta();
+    if now >= due_at + OVERDUE_GRACE {
+        return AuditFinding {
+            verdict: Verdict::Overdue,
+            due_at: Some(due_at),
+            detail: format!("due since {}", format_time(due_at)),
+        };
+    }
+    AuditFinding {
+        verdict: Verdict::Ok,
+        due_at: Some(due_at),
+        detail: format!("next rotation at {}", format_time(due_at)),
+    }
+}
+
+#[cfg(test)]
+#[path = "schedule_tests.rs"]
+mod tests;

@@ -1,0 +1,369 @@
+use super::*;
+use crate::policy::{ConfigSource, DataKeys, Management, RotateAfter, key_secret_from_bytes};
+use chrono::TimeZone;
+use k8s_openapi::ByteString;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+const CREATED: &str = "bindy.firestoned.io/rndc-created-at";
+const ROTATE: &str = "bindy.firestoned.io/rndc-rotate-at";
+const COUNT: &str = "bindy.firestoned.io/rndc-rotation-count";
+
+fn at(text: &str) -> DateTime<Utc> {
+    parse_time(text).expect("valid test time")
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+        .single()
+        .expect("valid time")
+}
+
+fn config(auto_rotate: bool, rotate_after: &str) -> EffectiveKeyConfig {
+    EffectiveKeyConfig {
+        source: ConfigSource::Instance,
+        auto_rotate,
+        rotate_after: RotateAfter::parse(rotate_after).expect("valid"),
+        algorithm: Algorithm::HmacSha256,
+        secret_name: "dns-primary-rndc".into(),
+        management: Management::Generated,
+        data_keys: DataKeys::default(),
+    }
+}
+
+fn secret(algorithm: Algorithm, annotations: &[(&str, &str)]) -> Secret {
+    let data = key_secret_from_bytes("bindy-operator", algorithm, &[5; 64]).expect("enough bytes");
+    Secret {
+        metadata: ObjectMeta {
+            name: Some("dns-primary-rndc".into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        data: Some(data.into_data()),
+        ..Secret::default()
+    }
+}
+
+fn annotated(created: &str, count: &str, rotate_at: Option<&str>) -> Secret {
+    let mut list = vec![(CREATED, created), (COUNT, count)];
+    if let Some(r) = rotate_at {
+        list.push((ROTATE, r));
+    }
+    secret(Algorithm::HmacSha256, &list)
+}
+
+fn plan(config: &EffectiveKeyConfig, secret: Option<&Secret>) -> RotationPlan {
+    plan_rotation(config, secret, now(), &PolicyConfig::default())
+}
+
+#[test]
+fn a_missing_managed_secret_is_provisioned_and_rolled_out() {
+    let p = plan(&config(true, "30d"), None);
+    let SecretAction::Provision {
+        secret_name,
+        algorithm,
+        key_name,
+        annotations,
+    } = &p.action
+    else {
+        panic!("expected Provision, got {:?}", p.action);
+    };
+    assert_eq!(
+        (secret_name.as_str(), *algorithm, key_name.as_str()),
+        ("dns-primary-rndc", Algorithm::HmacSha256, "bindy-operator")
+    );
+    assert_eq!(annotations[CREATED], "2026-03-01T12:00:00Z");
+    assert_eq!(annotations[COUNT], "0");
+    assert_eq!(annotations[ROTATE], "2026-03-31T12:00:00Z");
+    assert_eq!(p.next_wake, Some(at("2026-03-31T12:00:00Z")));
+    assert!(p.needs_roll(None) && p.needs_roll(Some("2026-01-01T00:00:00Z")));
+}
+
+#[test]
+fn a_missing_user_managed_secret_is_left_alone() {
+    let user = EffectiveKeyConfig {
+        management: Management::UserManaged,
+        ..config(true, "30d")
+    };
+    assert_eq!(plan(&user, None).action, SecretAction::Nothing);
+    let present = annotated("2026-01-01T00:00:00Z", "0", None);
+    let p = plan(&user, Some(&present));
+    assert_eq!((p.action, p.next_wake), (SecretAction::Nothing, None));
+}
+
+#[test]
+fn a_due_key_is_rotated_with_count_plus_one() {
+    let s = annotated("2026-01-01T00:00:00Z", "4", Some("2026-01-31T00:00:00Z"));
+    let p = plan(&config(true, "30d"), Some(&s));
+    let SecretAction::Rotate {
+        reason,
+        rotation,
+        annotations,
+        key_name,
+        ..
+    } = &p.action
+    else {
+        panic!("expected Rotate, got {:?}", p.action);
+    };
+    assert_eq!(
+        (*reason, *rotation, key_name.as_str()),
+        (RotateReason::Due, 5, "bindy-operator")
+    );
+    assert_eq!(annotations[COUNT], "5");
+    assert_eq!(annotations[CREATED], "2026-03-01T12:00:00Z");
+    assert_eq!(p.marker.as_deref(), Some("2026-03-01T12:00:00Z"));
+    assert!(p.needs_roll(Some("2026-01-01T00:00:00Z")));
+}
+
+#[test]
+fn a_key_on_schedule_is_left_alone_until_its_due_time() {
+    let s = annotated(
+        "2026-02-20T00:00:00Z",
+        "0",
+        Some("2026-03-22T00:00:00+00:00"),
+    );
+    let p = plan(&config(true, "30d"), Some(&s));
+    assert_eq!(p.action, SecretAction::Nothing);
+    assert_eq!(p.next_wake, Some(at("2026-03-22T00:00:00Z")));
+    assert!(
+        !p.needs_roll(Some("2026-02-20T00:00:00+00:00")),
+        "same instant, other spelling"
+    );
+    assert!(
+        !p.needs_roll(None),
+        "a never-rotated key does not restart unmarked pods"
+    );
+}
+
+#[test]
+fn due_exactly_now_is_due() {
+    let s = annotated("2026-02-01T12:00:00Z", "0", None);
+    let p = plan(&config(true, "28d"), Some(&s));
+    assert!(matches!(
+        p.action,
+        SecretAction::Rotate {
+            reason: RotateReason::Due,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn turning_auto_rotate_on_after_the_secret_exists_schedules_a_rotation() {
+    let s = annotated("2026-02-20T00:00:00Z", "0", None);
+    let p = plan(&config(true, "30d"), Some(&s));
+    assert_eq!(
+        p.action,
+        SecretAction::Annotate {
+            secret_name: "dns-primary-rndc".into(),
+            set: [(ROTATE.to_owned(), "2026-03-22T00:00:00Z".to_owned())].into(),
+            remove: Vec::new(),
+        }
+    );
+    let old = annotated("2025-01-01T00:00:00Z", "0", None);
+    assert!(matches!(
+        plan(&config(true, "30d"), Some(&old)).action,
+        SecretAction::Rotate { .. }
+    ));
+}
+
+#[test]
+fn back_dating_created_at_makes_the_key_due() {
+    let s = annotated("2020-01-01T00:00:00Z", "2", Some("2026-03-22T00:00:00Z"));
+    assert!(matches!(
+        plan(&config(true, "30d"), Some(&s)).action,
+        SecretAction::Rotate {
+            reason: RotateReason::Due,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn changing_rotate_after_rewrites_rotate_at_or_rotates() {
+    let s = annotated("2026-02-20T00:00:00Z", "0", Some("2026-03-22T00:00:00Z"));
+    let p = plan(&config(true, "60d"), Some(&s));
+    assert!(
+        matches!(&p.action, SecretAction::Annotate { set, .. } if set[ROTATE] == "2026-04-21T00:00:00Z")
+    );
+    let p = plan(&config(true, "7d"), Some(&s));
+    assert!(matches!(
+        p.action,
+        SecretAction::Rotate {
+            reason: RotateReason::Due,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn no_rotation_within_an_hour_of_created_at() {
+    let s = annotated("2026-03-01T11:01:00Z", "3", None);
+    let p = plan(&config(true, "1h"), Some(&s));
+    assert!(matches!(p.action, SecretAction::Annotate { .. }));
+    assert_eq!(p.next_wake, Some(at("2026-03-01T12:01:00Z")));
+}
+
+#[test]
+fn a_created_at_in_the_future_is_treated_as_unknown_age_and_rotated() {
+    let s = annotated("2030-01-01T00:00:00Z", "1", None);
+    assert!(matches!(
+        plan(&config(true, "30d"), Some(&s)).action,
+        SecretAction::Rotate {
+            reason: RotateReason::Due,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_changed_algorithm_replaces_the_key_even_without_auto_rotate() {
+    let s = secret(
+        Algorithm::HmacSha512,
+        &[(CREATED, "2026-02-20T00:00:00Z"), (COUNT, "0")],
+    );
+    let p = plan(&config(false, "30d"), Some(&s));
+    assert!(matches!(
+        p.action,
+        SecretAction::Rotate {
+            reason: RotateReason::AlgorithmChanged,
+            rotation: 1,
+            ..
+        }
+    ));
+    assert_eq!(p.next_wake, None);
+}
+
+#[test]
+fn broken_key_data_is_repaired() {
+    let mut s = annotated("2026-02-20T00:00:00Z", "0", None);
+    if let Some(data) = s.data.as_mut() {
+        data.remove("secret");
+        data.insert("rndc.key".into(), ByteString(b"garbage".to_vec()));
+    }
+    let p = plan(&config(false, "30d"), Some(&s));
+    assert!(matches!(
+        p.action,
+        SecretAction::Rotate {
+            reason: RotateReason::Repair,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn rotate_at_is_removed_when_rotation_is_off() {
+    let s = annotated("2026-02-20T00:00:00Z", "1", Some("2026-03-22T00:00:00Z"));
+    let p = plan(&config(false, "30d"), Some(&s));
+    assert_eq!(
+        p.action,
+        SecretAction::Annotate {
+            secret_name: "dns-primary-rndc".into(),
+            set: BTreeMap::new(),
+            remove: vec![ROTATE.to_owned()]
+        }
+    );
+    assert!(p.needs_roll(None), "a rotated key rolls unmarked pods");
+}
+
+#[test]
+fn a_secret_without_annotations_is_adopted_at_its_creation_time() {
+    let mut s = secret(Algorithm::HmacSha256, &[]);
+    let created = k8s_openapi::jiff::Timestamp::from_second(at("2026-02-25T00:00:00Z").timestamp())
+        .expect("valid timestamp");
+    s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        created,
+    ));
+    let p = plan(&config(true, "30d"), Some(&s));
+    let SecretAction::Annotate { set, .. } = &p.action else {
+        panic!("{:?}", p.action)
+    };
+    assert_eq!(set[CREATED], "2026-02-25T00:00:00Z");
+    assert_eq!(set[COUNT], "0");
+    assert_eq!(set[ROTATE], "2026-03-27T00:00:00Z");
+}
+
+#[test]
+fn a_failed_rollout_is_retried_because_the_marker_still_differs() {
+    let s = annotated("2026-02-20T00:00:00Z", "3", Some("2026-03-22T00:00:00Z"));
+    let p = plan(&config(true, "30d"), Some(&s));
+    assert_eq!(p.action, SecretAction::Nothing);
+    assert!(p.needs_roll(Some("2026-01-21T00:00:00Z")));
+    assert!(!p.needs_roll(Some("2026-02-20T00:00:00Z")));
+}
+
+#[test]
+fn user_secrets_without_annotations_get_a_fingerprint_marker_that_hides_the_key() {
+    let s = secret(Algorithm::HmacSha256, &[]);
+    let marker = key_revision(&s).expect("has data");
+    assert!(
+        marker.starts_with("sha256:") && marker.len() == 23,
+        "{marker}"
+    );
+    let other = secret(Algorithm::HmacSha512, &[]);
+    assert_ne!(key_revision(&other), Some(marker));
+}
+
+#[test]
+fn audit_gives_each_verdict() {
+    let cfg = PolicyConfig::default();
+    let verdict = |c: &EffectiveKeyConfig, s: Option<&Secret>| audit(c, s, now(), &cfg).verdict;
+    let fresh = annotated("2026-02-20T00:00:00Z", "0", None);
+    let stale = annotated("2025-01-01T00:00:00Z", "0", None);
+    assert_eq!(verdict(&config(true, "30d"), Some(&fresh)), Verdict::Ok);
+    assert_eq!(
+        verdict(&config(true, "30d"), Some(&stale)),
+        Verdict::Overdue
+    );
+    assert_eq!(verdict(&config(true, "30d"), None), Verdict::Overdue);
+    assert_eq!(
+        verdict(&config(false, "30d"), Some(&fresh)),
+        Verdict::NotRotating
+    );
+    let user = EffectiveKeyConfig {
+        management: Management::UserManaged,
+        ..config(true, "30d")
+    };
+    assert_eq!(verdict(&user, Some(&fresh)), Verdict::UserManaged);
+    let sha1 = secret(Algorithm::HmacSha1, &[(CREATED, "2026-02-20T00:00:00Z")]);
+    assert_eq!(verdict(&user, Some(&sha1)), Verdict::WeakAlgorithm);
+    let weak = EffectiveKeyConfig {
+        algorithm: Algorithm::HmacSha224,
+        ..config(true, "30d")
+    };
+    assert_eq!(verdict(&weak, Some(&fresh)), Verdict::WeakAlgorithm);
+    assert_eq!(Verdict::NotRotating.to_string(), "NOT-ROTATING");
+}
+
+#[test]
+fn rotation_status_mirrors_the_annotations() {
+    let s = annotated("2026-02-20T00:00:00+00:00", "2", None);
+    let status = rotation_status(&s, &config(true, "30d")).expect("annotated");
+    assert_eq!(status.created_at, "2026-02-20T00:00:00Z");
+    assert_eq!(status.rotate_at.as_deref(), Some("2026-03-22T00:00:00Z"));
+    assert_eq!(
+        status.last_rotated_at.as_deref(),
+        Some("2026-02-20T00:00:00Z")
+    );
+    assert_eq!(status.rotation_count, Some(2));
+    let off = rotation_status(
+        &annotated("2026-02-20T00:00:00Z", "0", None),
+        &config(false, "30d"),
+    )
+    .expect("annotated");
+    assert_eq!((off.rotate_at, off.last_rotated_at), (None, None));
+}
+
+#[test]
+fn times_are_written_with_z_and_read_with_any_offset() {
+    assert_eq!(
+        format_time(at("2026-01-27T15:04:05.123456789+00:00")),
+        "2026-01-27T15:04:05Z"
+    );
+    assert_eq!(at("2026-01-27T16:04:05+01:00"), at("2026-01-27T15:04:05Z"));
+    assert_eq!(parse_time("2026-13-01T00:00:00Z"), None);
+}

@@ -1,0 +1,269 @@
+//! Admission of RNDC key Secrets: annotation stamping, external-rotation detection, tamper rules
+//! and content checks (SPEC §4, §6).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::Secret;
+use serde_json::{Value, json};
+
+use super::duration::shorten;
+use super::effective::EffectiveKeyConfig;
+use super::key_data::{DataKeys, Findings, KeyDataRules, check_key_values, secret_values};
+use super::review::{Decision, Mutation, Validation, add, apply_patch, replace};
+use super::schedule::{format_time, parse_time};
+use super::settings::PolicyConfig;
+use crate::api::{
+    ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT, ANNOTATION_ROTATION_COUNT, DATA_ALGORITHM,
+    DATA_RNDC_KEY, LABEL_RNDC_KEY, LABEL_RNDC_KEY_VALUE,
+};
+
+/// How far in the future a `rndc-created-at` written by a user may lie (clock skew).
+pub const MAX_CLOCK_SKEW: TimeDelta = TimeDelta::minutes(5);
+
+/// A write to a key Secret, as the Secret webhook sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct SecretChange<'a> {
+    /// The submitted Secret.
+    pub new: &'a Secret,
+    /// The stored Secret (UPDATE only).
+    pub old: Option<&'a Secret>,
+    /// `userInfo.username` of the request.
+    pub username: &'a str,
+    /// Configuration of the instance that uses the Secret, when known.
+    pub owner: Option<&'a EffectiveKeyConfig>,
+    /// The current time.
+    pub now: DateTime<Utc>,
+}
+
+impl SecretChange<'_> {
+    fn by_rotator(&self, cfg: &PolicyConfig) -> bool {
+        self.username == cfg.rotator_username
+    }
+
+    fn data_keys(&self) -> DataKeys {
+        self.owner.map(|o| o.data_keys.clone()).unwrap_or_default()
+    }
+
+    /// Whether the key material differs between the stored and the submitted Secret.
+    pub fn key_changed(&self) -> bool {
+        let Some(old) = self.old else { return false };
+        let keys = self.data_keys();
+        let (old, new) = (secret_values(old), secret_values(self.new));
+        [
+            DATA_RNDC_KEY,
+            keys.secret.as_str(),
+            DATA_ALGORITHM,
+            keys.algorithm.as_str(),
+        ]
+        .iter()
+        .any(|k| old.get(*k).map(|v| &v.bytes) != new.get(*k).map(|v| &v.bytes))
+    }
+}
+
+/// Whether a Secret carries the RNDC key label (the Secret webhook's object selector).
+pub fn is_rndc_key_secret(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_RNDC_KEY))
+        .is_some_and(|v| v == LABEL_RNDC_KEY_VALUE)
+}
+
+fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
+    secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+fn count_of(secret: &Secret) -> Option<u32> {
+    annotation(secret, ANNOTATION_ROTATION_COUNT).and_then(|c| c.trim().parse().ok())
+}
+
+/// Stamping of a key Secret: `rndc-created-at` and `rndc-rotation-count` when absent,
+/// `rndc-rotate-at` when the owner rotates, and an external rotation (created-at = now, count + 1)
+/// when someone other than the rotator changes the key material.
+pub fn mutate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Mutation {
+    let new = change.new;
+    let old = change.old;
+    let mut set: BTreeMap<&str, String> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    let external_rotation = !change.by_rotator(cfg) && change.key_changed();
+
+    let removed = |key: &str| old.is_some_and(|o| annotation(o, key).is_some());
+    let created_at = if external_rotation {
+        set.insert(ANNOTATION_CREATED_AT, format_time(change.now));
+        warnings.push(format!(
+            "the key of Secret {} changed outside rndc-warden; recorded as a rotation at {}",
+            shorten(new.metadata.name.as_deref().unwrap_or_default()),
+            format_time(change.now)
+        ));
+        Some(change.now)
+    } else {
+        match annotation(new, ANNOTATION_CREATED_AT) {
+            Some(value) => parse_time(value),
+            // Removing it is denied by validation (unless the rotator does it).
+            None if removed(ANNOTATION_CREATED_AT) && !change.by_rotator(cfg) => None,
+            None => {
+                set.insert(ANNOTATION_CREATED_AT, format_time(change.now));
+                Some(change.now)
+            }
+        }
+    };
+    if external_rotation {
+        let old_count = old.and_then(count_of).unwrap_or(0);
+        let count = count_of(new).unwrap_or(0).max(old_count.saturating_add(1));
+        set.insert(ANNOTATION_ROTATION_COUNT, count.to_string());
+    } else if annotation(new, ANNOTATION_ROTATION_COUNT).is_none()
+        && (!removed(ANNOTATION_ROTATION_COUNT) || change.by_rotator(cfg))
+    {
+        set.insert(ANNOTATION_ROTATION_COUNT, "0".to_owned());
+    }
+    if let (Some(owner), Some(created_at)) = (change.owner, created_at)
+        && owner.rotates()
+    {
+        let due = created_at + owner.rotate_after.as_time_delta();
+        let current = annotation(new, ANNOTATION_ROTATE_AT).and_then(parse_time);
+        if current != Some(due) {
+            set.insert(ANNOTATION_ROTATE_AT, format_time(due));
+        }
+    }
+
+    let mut ops = Vec::new();
+    if !set.is_empty() {
+        if new.metadata.annotations.is_none() {
+            let all: serde_json::Map<String, Value> = set
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), json!(v)))
+                .collect();
+            ops.push(add(&["metadata", "annotations"], Value::Object(all)));
+        } else {
+            for (key, value) in set {
+                let tokens = ["metadata", "annotations", key];
+                if annotation(new, key).is_some() {
+                    ops.push(replace(&tokens, json!(value)));
+                } else {
+                    ops.push(add(&tokens, json!(value)));
+                }
+            }
+        }
+    }
+    Mutation {
+        patch: Patch(ops),
+        warnings,
+    }
+}
+
+/// Validation of a (stamped) key Secret: content, annotation format and tamper rules.
+pub fn validate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Validation {
+    let new = change.new;
+    let mut findings = Findings::default();
+    let keys = change.data_keys();
+    let expected = change
+        .owner
+        .filter(|o| o.is_managed())
+        .map(|o| (o.algorithm, "the instance's rndcKey.algorithm"));
+    let rules = KeyDataRules {
+        keys: &keys,
+        require_complete: true,
+        prefix: "data",
+        expected_algorithm: expected,
+    };
+    check_key_values(&secret_values(new), &rules, cfg, &mut findings);
+
+    let path = |key: &str| format!("metadata.annotations[{key:?}]");
+    for key in [ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT] {
+        if let Some(value) = annotation(new, key)
+            && parse_time(value).is_none()
+        {
+            findings.deny(format!(
+                "{}: {:?} is not an RFC 3339 time; use UTC such as \"2026-01-01T00:00:00Z\"",
+                path(key),
+                shorten(value)
+            ));
+        }
+    }
+    if let Some(value) = annotation(new, ANNOTATION_ROTATION_COUNT)
+        && count_of(new).is_none()
+    {
+        findings.deny(format!(
+            "{}: {:?} is not a whole number; leave the rotation count to rndc-warden",
+            path(ANNOTATION_ROTATION_COUNT),
+            shorten(value)
+        ));
+    }
+    let by_rotator = change.by_rotator(cfg);
+    if !by_rotator {
+        if let Some(created) = annotation(new, ANNOTATION_CREATED_AT).and_then(parse_time)
+            && created > change.now + MAX_CLOCK_SKEW
+        {
+            findings.deny(format!(
+                "{}: {} lies in the future; to force a rotation set it to a past time instead",
+                path(ANNOTATION_CREATED_AT),
+                format_time(created)
+            ));
+        }
+        if let Some(old) = change.old {
+            let who = shorten(change.username);
+            if annotation(old, ANNOTATION_CREATED_AT).is_some()
+                && annotation(new, ANNOTATION_CREATED_AT).is_none()
+            {
+                findings.deny(format!(
+                    "{}: only rndc-warden may remove it (requested by {who}); keep it, or \
+                     back-date it to force a rotation",
+                    path(ANNOTATION_CREATED_AT)
+                ));
+            }
+            match (
+                count_of(old),
+                annotation(new, ANNOTATION_ROTATION_COUNT),
+                count_of(new),
+            ) {
+                (Some(_), None, _) => findings.deny(format!(
+                    "{}: only rndc-warden may remove it (requested by {who}); keep it",
+                    path(ANNOTATION_ROTATION_COUNT)
+                )),
+                (Some(before), Some(_), Some(after)) if after < before => findings.deny(format!(
+                    "{}: lowering it from {before} to {after} is not allowed (requested by {who}); \
+                     the rotation count only grows",
+                    path(ANNOTATION_ROTATION_COUNT)
+                )),
+                _ => {}
+            }
+        }
+    }
+    findings.into()
+}
+
+/// Stamping then validation of a key Secret write, as the API server would run them.
+pub fn review_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Decision {
+    let mutation = mutate_secret(change, cfg);
+    match apply_patch(change.new, &mutation.patch) {
+        Ok(stamped) => {
+            let validation = validate_secret(
+                &SecretChange {
+                    new: &stamped,
+                    ..*change
+                },
+                cfg,
+            );
+            Decision::new(mutation, validation)
+        }
+        Err(error) => Decision {
+            denials: vec![format!(
+                "internal error: the stamping patch does not apply: {error}"
+            )],
+            warnings: Vec::new(),
+            patch: mutation.patch,
+        },
+    }
+}
+
+#[cfg(test)]
+#[path = "stamp_tests.rs"]
+mod tests;
