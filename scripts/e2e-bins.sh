@@ -25,7 +25,12 @@ k8s_minor=$(echo "$K8S_VERSION" | cut -d. -f2)
 staging="v0.${K8S_VERSION#v1.}"
 
 # Reports whether a binary exists and its version output mentions the wanted version.
-have() { [ -x "$out/$1" ] && "$out/$1" "${@:3}" 2>/dev/null | grep -q -- "$2"; }
+# (Captured first: `| grep -q` under pipefail fails at random when grep exits before the
+# producer's last write, which SIGPIPEs it -- kubectl prints two lines.)
+have() {
+  local version
+  [ -x "$out/$1" ] && version=$("$out/$1" "${@:3}" 2>/dev/null) && [[ $version == *"$2"* ]]
+}
 
 timed() { # name, command...
   local name=$1; shift
