@@ -24,5 +24,6 @@ pub mod config;
 pub mod metrics;
 pub mod policy;
 pub mod probe;
+pub mod rotation;
 pub mod serve;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! Prometheus metrics of the whole process, exposed as text on the plain-HTTP probe port.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use std::fmt::Write as _;
 
@@ -94,6 +95,22 @@ pub struct EndpointLabels {
     pub endpoint: Endpoint,
 }
 
+/// Labels of per-instance rotator gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// Namespace of the instance.
+    pub namespace: String,
+    /// Name of the `Bind9Instance`.
+    pub instance: String,
+}
+
+/// Labels of the rotator's API error counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiErrorLabels {
+    /// `get`, `create`, `update` or `patch`.
+    pub verb: String,
+}
+
 /// Every metric the process exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -106,6 +123,14 @@ pub struct Metrics {
     pub admission_in_flight: Gauge,
     /// Serving certificate reloads by result.
     pub tls_reloads: Family<ResultLabels, Counter>,
+    /// Key rotations by result (`success` or `failure`).
+    pub rotations: Family<ResultLabels, Counter>,
+    /// Seconds until each rotating instance's key is due (negative when overdue).
+    pub rotation_seconds_until: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while this replica holds the rotator Lease.
+    pub rotator_leader: Gauge,
+    /// Failed rotator API requests by verb.
+    pub rotator_api_errors: Family<ApiErrorLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -144,8 +169,36 @@ impl Metrics {
             "Serving certificate reloads by result",
             tls_reloads.clone(),
         );
+        let rotations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "rndc_warden_rotations",
+            "RNDC key rotations by result",
+            rotations.clone(),
+        );
+        let rotation_seconds_until = Family::<InstanceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "rndc_warden_rotation_seconds_until",
+            "Seconds until the instance's RNDC key is due for rotation",
+            rotation_seconds_until.clone(),
+        );
+        let rotator_leader = Gauge::default();
+        registry.register(
+            "rndc_warden_rotator_leader",
+            "1 while this replica holds the rotator Lease",
+            rotator_leader.clone(),
+        );
+        let rotator_api_errors = Family::<ApiErrorLabels, Counter>::default();
+        registry.register(
+            "rndc_warden_rotator_api_errors",
+            "Failed rotator API requests by verb",
+            rotator_api_errors.clone(),
+        );
         Arc::new(Self {
             registry,
+            rotations,
+            rotation_seconds_until,
+            rotator_leader,
+            rotator_api_errors,
             admission_requests,
             admission_duration,
             admission_in_flight,

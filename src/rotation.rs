@@ -1,0 +1,414 @@
+//! The rotator (SPEC §5–§7): a leader-elected loop that provisions missing managed key Secrets,
+//! rotates keys when they are due, rolls the Deployments that use them, and mirrors the state into
+//! the instance status, Events and metrics.
+//!
+//! ```text
+//!  watch caches (every replica)        leader only
+//!  Bind9Instance ─┐
+//!  Bind9Cluster  ─┼─► pass: group instances by Secret ─► policy::plan_rotation ─► worker tasks
+//!  key Secrets   ─┤         (plan::governing)                                   (bounded, QPS)
+//!  Deployments   ─┘   sleep until the earliest due time, a watch event or the resync period
+//! ```
+//!
+//! Every pass re-derives what to do from the cluster: the key revision in the Secret
+//! (`rndc-created-at`), the marker on each Deployment's pod template and the instance status are
+//! compared level by level, so a crash, a lost lease or a failed patch at any step converges on the
+//! next pass. Every write carries a `resourceVersion` precondition; a 409 re-reads and re-decides,
+//! so a second leader racing by accident cannot rotate a key twice.
+
+mod engine;
+mod keys;
+pub mod plan;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{ArgAction, Args};
+
+pub use engine::{Caches, Context};
+pub use keys::{KeySource, OsKeySource, QpsLimiter};
+
+use crate::metrics::Metrics;
+use crate::policy::PolicyConfig;
+
+/// The default name of the Lease the replicas compete for.
+pub const DEFAULT_LEASE_NAME: &str = "rndc-warden-rotator";
+/// Field manager and Event reporter of every write the rotator makes.
+pub const FIELD_MANAGER: &str = "rndc-warden";
+
+/// Flags of the rotator (part of `serve`); every flag has an `RNDC_WARDEN_*` fallback.
+#[derive(Debug, Clone, Args)]
+pub struct RotationArgs {
+    /// Run the rotator (when cluster credentials are found). `false`: admission only.
+    #[arg(long = "rotation", env = "RNDC_WARDEN_ROTATION", default_value_t = true, action = ArgAction::Set)]
+    pub enabled: bool,
+    /// Elect one rotating replica with a coordination.k8s.io Lease. Turn off only for a single
+    /// replica (every write is still fenced by resourceVersion).
+    #[arg(long, env = "RNDC_WARDEN_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the Lease (normally the namespace rndc-warden runs in).
+    #[arg(
+        long,
+        env = "RNDC_WARDEN_LEASE_NAMESPACE",
+        default_value = "rndc-warden"
+    )]
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, env = "RNDC_WARDEN_LEASE_NAME", default_value = DEFAULT_LEASE_NAME)]
+    pub lease_name: String,
+    /// How long a Lease holds without renewal (whole seconds, at least 2s).
+    #[arg(long, env = "RNDC_WARDEN_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How long before expiry the holder renews (also the clock skew tolerated).
+    #[arg(long, env = "RNDC_WARDEN_LEASE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub lease_grace: Duration,
+    /// This replica's identity in the Lease and in Events (default: `$HOSTNAME` plus a random suffix).
+    #[arg(long, env = "RNDC_WARDEN_IDENTITY")]
+    pub identity: Option<String>,
+    /// Create missing managed key Secrets (turn off where the Bindy operator already creates them).
+    #[arg(long, env = "RNDC_WARDEN_PROVISION", default_value_t = true, action = ArgAction::Set)]
+    pub provision: bool,
+    /// Full re-evaluation period, on top of watch events and due times.
+    #[arg(long, env = "RNDC_WARDEN_RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    pub resync_period: Duration,
+    /// Secrets worked on at once.
+    #[arg(
+        long = "rotation-concurrency",
+        env = "RNDC_WARDEN_ROTATION_CONCURRENCY",
+        default_value_t = 8
+    )]
+    pub concurrency: usize,
+    /// Client-side limit of rotator API requests per second (watches excluded).
+    #[arg(long, env = "RNDC_WARDEN_CLIENT_QPS", default_value_t = 50.0)]
+    pub client_qps: f64,
+    /// Burst above the QPS limit.
+    #[arg(long, env = "RNDC_WARDEN_CLIENT_BURST", default_value_t = 100)]
+    pub client_burst: u32,
+    /// Name of the Deployment an instance runs in; `{instance}` is replaced by the instance name.
+    #[arg(
+        long,
+        env = "RNDC_WARDEN_DEPLOYMENT_NAME_TEMPLATE",
+        default_value = "{instance}"
+    )]
+    pub deployment_name_template: String,
+    /// Namespaces to watch; all when empty. Set from `serve --watch-namespace`.
+    #[arg(skip)]
+    pub namespaces: Vec<String>,
+}
+
+impl Default for RotationArgs {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            leader_election: true,
+            lease_namespace: "rndc-warden".to_owned(),
+            lease_name: DEFAULT_LEASE_NAME.to_owned(),
+            lease_duration: Duration::from_secs(15),
+            lease_grace: Duration::from_secs(5),
+            identity: None,
+            provision: true,
+            resync_period: Duration::from_secs(300),
+            concurrency: 8,
+            client_qps: 50.0,
+            client_burst: 100,
+            deployment_name_template: "{instance}".to_owned(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+impl RotationArgs {
+    /// Checks the flags against each other.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.lease_duration.as_secs() < 2 || self.lease_grace >= self.lease_duration {
+            return bad(format!(
+                "--lease-duration ({:?}) must be at least 2s and longer than --lease-grace ({:?}), e.g. 15s and 5s",
+                self.lease_duration, self.lease_grace
+            ));
+        }
+        if self.concurrency == 0 {
+            return bad("--rotation-concurrency must be at least 1, e.g. 8".to_owned());
+        }
+        if !(self.client_qps.is_finite() && self.client_qps > 0.0) {
+            return bad("--client-qps must be a positive number, e.g. 50".to_owned());
+        }
+        if self.resync_period < Duration::from_secs(1) {
+            return bad("--resync-period must be at least 1s, e.g. 5m".to_owned());
+        }
+        if self.deployment_name_template.matches("{instance}").count() != 1 {
+            return bad(format!(
+                "--deployment-name-template {:?} must contain {{instance}} once, e.g. \"{{instance}}\"",
+                self.deployment_name_template
+            ));
+        }
+        Ok(())
+    }
+
+    /// The Deployment name of an instance.
+    pub fn deployment_name(&self, instance: &str) -> String {
+        self.deployment_name_template
+            .replace("{instance}", instance)
+    }
+
+    /// This replica's identity.
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "rndc-warden".to_owned());
+            let suffix: u32 = rand::random();
+            format!("{host}-{suffix:08x}")
+        })
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit; use e.g. 500ms, 10s, 5m or 1h"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number; use e.g. 10s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(number.saturating_mul(3600))),
+        _ => Err(format!(
+            "{text:?} has an unknown unit; use ms, s, m or h, e.g. 10s"
+        )),
+    }
+}
+
+/// Why the rotator stopped or a step failed. Messages never contain key material.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Inconsistent flags.
+    #[error("rotator configuration: {0}")]
+    Config(String),
+    /// A Kubernetes API call failed.
+    #[error("{verb} {what}: {source}")]
+    Kube {
+        /// `get`, `create`, `update`, `patch`, …
+        verb: &'static str,
+        /// The object, e.g. `Secret dns/a-rndc`.
+        what: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Leader election failed for good.
+    #[error("leader election on Lease {namespace}/{name}: {source}")]
+    Lease {
+        /// Lease namespace.
+        namespace: String,
+        /// Lease name.
+        name: String,
+        /// The error.
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    /// The lease watcher ended while the rotator was running.
+    #[error("the Lease watcher on {0} stopped")]
+    LeaseWatcherStopped(String),
+    /// The OS random number generator failed.
+    #[error("the OS random number generator failed: {0}")]
+    Random(String),
+    /// The policy refuses to act on a Secret (e.g. a denied algorithm).
+    #[error("{0}")]
+    Refused(String),
+    /// A Secret changed under every attempt to update it.
+    #[error("Secret {0} kept changing while it was being updated; will retry")]
+    Contended(String),
+    /// Some Deployments or statuses could not be updated (listed).
+    #[error("{0}")]
+    Incomplete(String),
+}
+
+impl Error {
+    /// Whether the error is an HTTP 409 Conflict.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+}
+
+/// Runs the rotator until `shutdown` completes: starts the watch caches, competes for the Lease
+/// and, while it holds the Lease, runs the scheduler. Returns `Ok(())` on shutdown and an error
+/// if the rotator cannot go on (the caller should exit non-zero).
+pub async fn run(
+    client: kube::Client,
+    args: RotationArgs,
+    policy: PolicyConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    run_with_keys(
+        client,
+        args,
+        policy,
+        metrics,
+        Arc::new(OsKeySource),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with an injected key source (tests).
+pub async fn run_with_keys(
+    client: kube::Client,
+    args: RotationArgs,
+    policy: PolicyConfig,
+    metrics: Arc<Metrics>,
+    keys: Arc<dyn KeySource>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    args.validate()?;
+    let identity = args.identity();
+    let caches = Caches::start(&client, &args.namespaces);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        args.clone(),
+        policy,
+        metrics.clone(),
+        keys,
+        caches,
+        &identity,
+    ));
+    tokio::pin!(shutdown);
+
+    if !args.leader_election {
+        tracing::info!(%identity, "rotator starting without leader election");
+        metrics.rotator_leader.set(1);
+        let result = tokio::select! {
+            () = &mut shutdown => Ok(()),
+            r = engine::schedule(ctx.clone()) => r,
+        };
+        metrics.rotator_leader.set(0);
+        return result;
+    }
+
+    let lease_error = |source| Error::Lease {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        source,
+    };
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration.as_secs())
+        .with_grace(args.lease_grace.as_secs())
+        .with_field_manager(format!("{FIELD_MANAGER}-lease"))
+        .build()
+        .await
+        .map_err(lease_error)?;
+    let (mut leader, lease_task) = manager.watch().await;
+    tracing::info!(
+        %identity,
+        lease = %format!("{}/{}", args.lease_namespace, args.lease_name),
+        "rotator waiting for the Lease"
+    );
+    let lease_name = format!("{}/{}", args.lease_namespace, args.lease_name);
+    let result = loop {
+        // Follower: wait for the Lease.
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                () = &mut shutdown => break,
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if !*leader.borrow() {
+            // Shutdown or the watcher ended.
+            break if leader.has_changed().is_err() {
+                Err(Error::LeaseWatcherStopped(lease_name.clone()))
+            } else {
+                Ok(())
+            };
+        }
+        tracing::info!(%identity, lease = %lease_name, "acquired the Lease; rotating");
+        metrics.rotator_leader.set(1);
+        let outcome = tokio::select! {
+            () = &mut shutdown => Some(Ok(())),
+            lost = wait_lost(&mut leader) => {
+                if lost {
+                    tracing::warn!(%identity, lease = %lease_name, "lost the Lease; rotation stopped");
+                    None
+                } else {
+                    Some(Err(Error::LeaseWatcherStopped(lease_name.clone())))
+                }
+            }
+            r = engine::schedule(ctx.clone()) => Some(r),
+        };
+        metrics.rotator_leader.set(0);
+        if let Some(outcome) = outcome {
+            break outcome;
+        }
+    };
+    // Dropping the receiver makes the lease task release the Lease; give it a moment.
+    drop(leader);
+    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+    result
+}
+
+/// Waits until leadership is lost (`true`) or the lease watcher ends (`false`).
+async fn wait_lost(leader: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    loop {
+        if leader.changed().await.is_err() {
+            return false;
+        }
+        if !*leader.borrow_and_update() {
+            return true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RotationArgs,
+    }
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let cli = Cli::try_parse_from(["x"]).expect("parses");
+        assert!(cli.args.validate().is_ok());
+        assert_eq!(cli.args.lease_duration, Duration::from_secs(15));
+        assert!(cli.args.provision && cli.args.leader_election);
+        assert_eq!(cli.args.deployment_name("dns-1"), "dns-1");
+    }
+
+    #[test]
+    fn bad_flags_are_reported_with_an_example() {
+        let cli = Cli::try_parse_from(["x", "--lease-duration", "3s", "--lease-grace", "5s"])
+            .expect("parses");
+        let err = cli.args.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--lease-duration") && err.contains("e.g."),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from(["x", "--deployment-name-template", "bind"]).expect("parses");
+        assert!(cli.args.validate().is_err());
+        assert!(Cli::try_parse_from(["x", "--resync-period", "5"]).is_err());
+        let cli = Cli::try_parse_from([
+            "x",
+            "--provision",
+            "false",
+            "--deployment-name-template",
+            "{instance}-bind",
+        ])
+        .expect("parses");
+        assert!(!cli.args.provision);
+        assert_eq!(cli.args.deployment_name("a"), "a-bind");
+    }
+}

@@ -1,0 +1,940 @@
+//! Watch caches, the scheduler and the worker that executes one Secret's plan.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use super::keys::{KeySource, QpsLimiter, generate};
+use super::plan::{
+    SecretUser, governing, lacks_label, marker_of, plan_secret, render_annotate, render_provision,
+    render_rotation, seconds_until, status_in_sync,
+};
+use super::{Error, FIELD_MANAGER, RotationArgs};
+use crate::api::{
+    ANNOTATION_ROTATED_AT, Bind9Cluster, Bind9Instance, EVENT_RNDC_KEY_ROTATED,
+    EVENT_RNDC_KEY_ROTATION_FAILED, LABEL_RNDC_KEY, LABEL_RNDC_KEY_VALUE, RndcKeyRotationStatus,
+};
+use crate::metrics::{ApiErrorLabels, InstanceLabels, Metrics, ResultLabels};
+use crate::policy::{
+    ConfigSource, PolicyConfig, Role, RotationPlan, SecretAction, effective_config, rotation_status,
+};
+
+/// How long a write we made may take to show up in the watch cache before we stop waiting.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Events arriving within this window are handled by one pass.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// First retry delay after a failure; doubled up to the resync period.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+
+/// Reflector stores of the objects the rotator reads, one per watched namespace (or one for all).
+#[derive(Clone)]
+pub struct Caches {
+    instances: Vec<Store<Bind9Instance>>,
+    clusters: Vec<Store<Bind9Cluster>>,
+    secrets: Vec<Store<Secret>>,
+    deployments: Vec<Store<Deployment>>,
+    /// Woken on every watch event.
+    pub changed: Arc<Notify>,
+}
+
+fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    strip: fn(&mut K),
+) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    <K as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().modify(strip);
+    let stream = reflector::reflector(writer, stream);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                tracing::debug!(%error, "rotator watch error (retrying)");
+            }
+            changed.notify_one();
+        }
+    });
+    reader
+}
+
+fn strip_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// Keeps only what the rotator reads from a Deployment: identity, version, creation time and the
+/// pod-template annotations (so 10,000 cached Deployments stay small).
+fn strip_deployment(deployment: &mut Deployment) {
+    let annotations = deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(ANNOTATION_ROTATED_AT))
+        .map(|v| BTreeMap::from([(ANNOTATION_ROTATED_AT.to_owned(), v.clone())]));
+    let meta = &deployment.metadata;
+    let stripped = Deployment {
+        metadata: ObjectMeta {
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            resource_version: meta.resource_version.clone(),
+            creation_timestamp: meta.creation_timestamp.clone(),
+            uid: meta.uid.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: DeploymentSpec {
+            template: k8s_openapi::api::core::v1::PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    annotations,
+                    ..ObjectMeta::default()
+                }),
+                spec: None,
+            },
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    };
+    *deployment = stripped;
+}
+
+fn lookup<K>(stores: &[Store<K>], namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    <K as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let key = ObjectRef::<K>::new(name).within(namespace);
+    stores.iter().find_map(|s| s.get(&key))
+}
+
+impl Caches {
+    /// Starts the watches (instances, clusters, labelled key Secrets, Deployments) in the given
+    /// namespaces (all when empty). They keep running, and retrying, for the life of the process.
+    pub fn start(client: &Client, namespaces: &[String]) -> Caches {
+        let changed = Arc::new(Notify::new());
+        let secret_config =
+            watcher::Config::default().labels(&format!("{LABEL_RNDC_KEY}={LABEL_RNDC_KEY_VALUE}"));
+        Caches {
+            instances: apis(client, namespaces)
+                .into_iter()
+                .map(|api| {
+                    spawn_reflector(
+                        api,
+                        watcher::Config::default(),
+                        changed.clone(),
+                        strip_managed_fields,
+                    )
+                })
+                .collect(),
+            clusters: apis(client, namespaces)
+                .into_iter()
+                .map(|api| {
+                    spawn_reflector(
+                        api,
+                        watcher::Config::default(),
+                        changed.clone(),
+                        strip_managed_fields,
+                    )
+                })
+                .collect(),
+            secrets: apis(client, namespaces)
+                .into_iter()
+                .map(|api| {
+                    spawn_reflector(
+                        api,
+                        secret_config.clone(),
+                        changed.clone(),
+                        strip_managed_fields,
+                    )
+                })
+                .collect(),
+            deployments: apis(client, namespaces)
+                .into_iter()
+                .map(|api| {
+                    spawn_reflector(
+                        api,
+                        watcher::Config::default(),
+                        changed.clone(),
+                        strip_deployment,
+                    )
+                })
+                .collect(),
+            changed,
+        }
+    }
+
+    /// Waits until every store has its first full list.
+    pub async fn wait_ready(&self) {
+        for s in &self.instances {
+            let _ = s.wait_until_ready().await;
+        }
+        for s in &self.clusters {
+            let _ = s.wait_until_ready().await;
+        }
+        for s in &self.secrets {
+            let _ = s.wait_until_ready().await;
+        }
+        for s in &self.deployments {
+            let _ = s.wait_until_ready().await;
+        }
+    }
+
+    fn instances(&self) -> Vec<Arc<Bind9Instance>> {
+        self.instances.iter().flat_map(|s| s.state()).collect()
+    }
+}
+
+/// A Secret the rotator works on: namespace and name.
+type SecretKey = (String, String);
+
+/// One instance using a Secret.
+#[derive(Clone)]
+struct Member {
+    instance: Arc<Bind9Instance>,
+    user: SecretUser,
+}
+
+/// Everything a worker needs.
+pub struct Context {
+    client: Client,
+    args: RotationArgs,
+    policy: PolicyConfig,
+    metrics: Arc<Metrics>,
+    keys: Arc<dyn KeySource>,
+    caches: Caches,
+    limiter: QpsLimiter,
+    recorder: Recorder,
+    /// Objects we wrote, by `kind/ns/name`, with the resourceVersion the write returned: until the
+    /// cache shows that version the cached object is stale and must not be planned from.
+    written: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
+}
+
+impl Context {
+    /// Builds the worker context.
+    pub fn new(
+        client: Client,
+        args: RotationArgs,
+        policy: PolicyConfig,
+        metrics: Arc<Metrics>,
+        keys: Arc<dyn KeySource>,
+        caches: Caches,
+        identity: &str,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance: Some(identity.to_owned()),
+            },
+        );
+        Self {
+            limiter: QpsLimiter::new(args.client_qps, args.client_burst),
+            client,
+            args,
+            policy,
+            metrics,
+            keys,
+            caches,
+            recorder,
+            written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn note_written<K: Resource>(&self, kind: &str, object: &K) {
+        let meta = object.meta();
+        if let (Some(ns), Some(name), Some(rv)) =
+            (&meta.namespace, &meta.name, &meta.resource_version)
+        {
+            if let Ok(mut written) = self.written.lock() {
+                written.insert(
+                    format!("{kind}/{ns}/{name}"),
+                    (rv.clone(), tokio::time::Instant::now()),
+                );
+            }
+        }
+    }
+
+    /// Whether the cached object (or its absence) reflects our last write to it.
+    fn settled(&self, kind: &str, namespace: &str, name: &str, cached_rv: Option<&str>) -> bool {
+        let key = format!("{kind}/{namespace}/{name}");
+        let Ok(mut written) = self.written.lock() else {
+            return true;
+        };
+        match written.get(&key) {
+            None => true,
+            Some((rv, at)) => {
+                if cached_rv == Some(rv.as_str()) || at.elapsed() > SETTLE_TIMEOUT {
+                    written.remove(&key);
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        verb: &'static str,
+        what: impl FnOnce() -> String,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, Error> {
+        self.limiter.acquire().await;
+        request.await.map_err(|source| {
+            self.metrics
+                .rotator_api_errors
+                .get_or_create(&ApiErrorLabels {
+                    verb: verb.to_owned(),
+                })
+                .inc();
+            Error::Kube {
+                verb,
+                what: what(),
+                source,
+            }
+        })
+    }
+}
+
+use std::future::Future;
+
+fn is_status(error: &Error, code: u16) -> bool {
+    matches!(error, Error::Kube { source: kube::Error::Api(s), .. } if s.code == code)
+}
+
+/// Groups instances by the Secret they use, with their effective configuration. Instances whose
+/// configuration cannot be worked out (unknown cluster, invalid value) are skipped and logged.
+fn group(ctx: &Context) -> BTreeMap<SecretKey, Vec<Member>> {
+    let mut groups: BTreeMap<SecretKey, Vec<Member>> = BTreeMap::new();
+    for instance in ctx.caches.instances() {
+        let Some(namespace) = instance.namespace() else {
+            continue;
+        };
+        let cluster = instance
+            .spec
+            .cluster_ref
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .and_then(|c| lookup(&ctx.caches.clusters, &namespace, c));
+        let config = match effective_config(&instance, cluster.as_deref(), &ctx.policy) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::debug!(instance = %format!("{namespace}/{}", instance.name_any()), %error, "skipping instance");
+                continue;
+            }
+        };
+        let inline = match &config.source {
+            ConfigSource::Instance => instance
+                .spec
+                .rndc_key
+                .as_ref()
+                .and_then(|b| b.secret.clone()),
+            ConfigSource::Role { role, .. } => cluster.as_deref().and_then(|c| {
+                Role::block_of(*role, c)
+                    .and_then(|b| b.rndc_key.as_ref())
+                    .and_then(|b| b.secret.clone())
+            }),
+            _ => None,
+        };
+        let key = (namespace, config.secret_name.clone());
+        let user = SecretUser::new(&instance, config, inline);
+        groups
+            .entry(key)
+            .or_default()
+            .push(Member { instance, user });
+    }
+    groups
+}
+
+/// What a pass found for one Secret.
+struct Assessment {
+    /// Whether anything must be written.
+    work: bool,
+    /// When to look again.
+    next_wake: Option<DateTime<Utc>>,
+}
+
+fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>) -> Assessment {
+    let (namespace, name) = key;
+    let secret = lookup(&ctx.caches.secrets, namespace, name);
+    let idle = Assessment {
+        work: false,
+        next_wake: None,
+    };
+    let secret_rv = secret
+        .as_ref()
+        .and_then(|s| s.metadata.resource_version.clone());
+    if !ctx.settled("Secret", namespace, name, secret_rv.as_deref()) {
+        return idle;
+    }
+    let users: Vec<SecretUser> = members.iter().map(|m| m.user.clone()).collect();
+    let plan = match plan_secret(&users, secret.as_deref(), &ctx.policy, now) {
+        Ok(plan) => plan,
+        Err(reason) => {
+            tracing::debug!(secret = %format!("{namespace}/{name}"), %reason, "not acting on Secret");
+            return idle;
+        }
+    };
+    for m in members {
+        let labels = InstanceLabels {
+            namespace: namespace.clone(),
+            instance: m.user.instance.clone(),
+        };
+        match plan.next_wake.filter(|_| m.user.config.rotates()) {
+            Some(at) => {
+                ctx.metrics
+                    .rotation_seconds_until
+                    .get_or_create(&labels)
+                    .set(seconds_until(at, now));
+            }
+            None => {
+                ctx.metrics.rotation_seconds_until.remove(&labels);
+            }
+        }
+    }
+    let mut work = plan.action != SecretAction::Nothing;
+    if !work {
+        if let Some(secret) = secret.as_deref() {
+            work = members.iter().any(|m| {
+                rollout_pending(ctx, namespace, &m.user.instance, &plan)
+                    || status_pending(ctx, m, secret)
+            });
+        }
+    }
+    Assessment {
+        work,
+        next_wake: plan.next_wake,
+    }
+}
+
+fn rollout_pending(ctx: &Context, namespace: &str, instance: &str, plan: &RotationPlan) -> bool {
+    let name = ctx.args.deployment_name(instance);
+    let Some(deployment) = lookup(&ctx.caches.deployments, namespace, &name) else {
+        return false;
+    };
+    ctx.settled(
+        "Deployment",
+        namespace,
+        &name,
+        deployment.metadata.resource_version.as_deref(),
+    ) && plan.needs_roll(marker_of(&deployment))
+}
+
+fn status_pending(ctx: &Context, member: &Member, secret: &Secret) -> bool {
+    let Some(desired) = rotation_status(secret, &member.user.config) else {
+        return false;
+    };
+    let instance = &member.instance;
+    let ns = instance.namespace().unwrap_or_default();
+    ctx.settled(
+        "Bind9Instance",
+        &ns,
+        &instance.name_any(),
+        instance.metadata.resource_version.as_deref(),
+    ) && !status_in_sync(instance.status.as_ref(), &desired)
+}
+
+/// Failure bookkeeping per Secret: attempts and the earliest next try.
+#[derive(Default)]
+struct Backoff {
+    attempts: u32,
+    until: Option<tokio::time::Instant>,
+}
+
+/// The scheduler: passes over every Secret on watch events, at the earliest due time and every
+/// resync period, dispatching work to at most `concurrency` workers. Runs until dropped.
+pub async fn schedule(ctx: Arc<Context>) -> Result<(), Error> {
+    ctx.caches.wait_ready().await;
+    tracing::info!("rotator caches synced");
+    let semaphore = Arc::new(Semaphore::new(ctx.args.concurrency));
+    let mut tasks: JoinSet<(SecretKey, Result<(), Error>)> = JoinSet::new();
+    let mut in_flight: HashSet<SecretKey> = HashSet::new();
+    let mut backoff: HashMap<SecretKey, Backoff> = HashMap::new();
+    let resync = ctx.args.resync_period;
+    loop {
+        let now = Utc::now();
+        let mut next_wake = tokio::time::Instant::now() + resync;
+        let groups = group(&ctx);
+        for (key, members) in groups {
+            if in_flight.contains(&key) {
+                continue;
+            }
+            if let Some(until) = backoff.get(&key).and_then(|b| b.until) {
+                if until > tokio::time::Instant::now() {
+                    next_wake = next_wake.min(until);
+                    continue;
+                }
+            }
+            let assessment = assess(&ctx, &key, &members, now);
+            if let Some(at) = assessment.next_wake {
+                let delay = (at - now).to_std().unwrap_or(Duration::ZERO);
+                next_wake = next_wake.min(tokio::time::Instant::now() + delay);
+            }
+            if assessment.work {
+                in_flight.insert(key.clone());
+                let ctx = ctx.clone();
+                let semaphore = semaphore.clone();
+                tasks.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await;
+                    let result = reconcile(&ctx, &key, &members).await;
+                    (key, result)
+                });
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(next_wake) => {}
+            () = ctx.caches.changed.notified() => {
+                tokio::time::sleep(DEBOUNCE).await;
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                handle_done(&ctx, joined, &mut in_flight, &mut backoff);
+            }
+        }
+        while let Some(joined) = tasks.try_join_next() {
+            handle_done(&ctx, joined, &mut in_flight, &mut backoff);
+        }
+    }
+}
+
+fn handle_done(
+    ctx: &Context,
+    joined: Result<(SecretKey, Result<(), Error>), tokio::task::JoinError>,
+    in_flight: &mut HashSet<SecretKey>,
+    backoff: &mut HashMap<SecretKey, Backoff>,
+) {
+    let (key, result) = match joined {
+        Ok(done) => done,
+        Err(error) => {
+            tracing::error!(%error, "a rotation worker panicked");
+            return;
+        }
+    };
+    in_flight.remove(&key);
+    match result {
+        Ok(()) => {
+            backoff.remove(&key);
+        }
+        Err(error) => {
+            let entry = backoff.entry(key.clone()).or_default();
+            entry.attempts = entry.attempts.saturating_add(1);
+            let delay = RETRY_BASE
+                .saturating_mul(1u32 << entry.attempts.min(16).saturating_sub(1))
+                .min(ctx.args.resync_period);
+            entry.until = Some(tokio::time::Instant::now() + delay);
+            tracing::warn!(
+                secret = %format!("{}/{}", key.0, key.1),
+                %error,
+                retry_in = ?delay,
+                "RNDC key work failed"
+            );
+        }
+    }
+}
+
+/// What happened to the Secret in one reconcile.
+struct Rotated {
+    rotation: u32,
+    algorithm: crate::policy::Algorithm,
+    reason: crate::policy::RotateReason,
+}
+
+/// Works on one Secret: its action (create, rotate, annotate) with resourceVersion
+/// preconditions, then the Deployments and statuses of every instance using it, then Events.
+async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result<(), Error> {
+    let (namespace, name) = key;
+    let users: Vec<SecretUser> = members.iter().map(|m| m.user.clone()).collect();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let what = || format!("Secret {namespace}/{name}");
+    let post = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    let mut secret: Option<Secret> =
+        lookup(&ctx.caches.secrets, namespace, name).map(|s| (*s).clone());
+    let mut rotated: Option<Rotated> = None;
+    let mut plan: Option<RotationPlan> = None;
+    let mut attempt = 0;
+    let result: Result<(), Error> = loop {
+        attempt += 1;
+        if attempt > 6 {
+            break Err(Error::Contended(what()));
+        }
+        let now = Utc::now();
+        let current = match plan_secret(&users, secret.as_ref(), &ctx.policy, now) {
+            Ok(p) => p,
+            Err(reason) => break Err(Error::Refused(reason)),
+        };
+        let action = current.action.clone();
+        plan = Some(current);
+        let step = match action {
+            SecretAction::Nothing => break Ok(()),
+            SecretAction::Provision {
+                algorithm,
+                key_name,
+                annotations,
+                ..
+            } => {
+                let Some(governor) = governing(&users) else {
+                    break Ok(());
+                };
+                let data = match generate(ctx.keys.as_ref(), &key_name, algorithm) {
+                    Ok(d) => d,
+                    Err(e) => break Err(e),
+                };
+                let object =
+                    render_provision(namespace, name, governor, data, &annotations, &ctx.policy);
+                let created = ctx
+                    .call("create", what, secrets.create(&post, &object))
+                    .await;
+                match created {
+                    Ok(s) => {
+                        tracing::info!(secret = %format!("{namespace}/{name}"), %algorithm, "Provisioned RNDC Secret {namespace}/{name}");
+                        Ok(s)
+                    }
+                    Err(e) if is_status(&e, 409) => {
+                        // It exists but our (label-selected) cache does not show it: adopt it.
+                        match ctx.call("get", what, secrets.get_opt(name)).await {
+                            Ok(Some(existing)) if lacks_label(&existing) => {
+                                let labelled = render_annotate(&existing, &BTreeMap::new(), &[]);
+                                ctx.call("update", what, secrets.replace(name, &post, &labelled))
+                                    .await
+                            }
+                            Ok(existing) => {
+                                secret = existing;
+                                continue;
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            SecretAction::Rotate {
+                algorithm,
+                key_name,
+                rotation,
+                annotations,
+                reason,
+                ..
+            } => {
+                let Some(cur) = secret.as_ref() else {
+                    break Ok(());
+                };
+                let data = match generate(ctx.keys.as_ref(), &key_name, algorithm) {
+                    Ok(d) => d,
+                    Err(e) => break Err(e),
+                };
+                tracing::info!(
+                    secret = %format!("{namespace}/{name}"), rotation, %reason, %algorithm,
+                    "Rotating RNDC Secret {namespace}/{name} (rotation #{rotation})"
+                );
+                let object = render_rotation(cur, data, &annotations);
+                let replaced = ctx
+                    .call("update", what, secrets.replace(name, &post, &object))
+                    .await;
+                if replaced.is_ok() {
+                    tracing::info!(
+                        secret = %format!("{namespace}/{name}"), rotation,
+                        "Successfully rotated RNDC Secret {namespace}/{name} (rotation #{rotation})"
+                    );
+                    rotated = Some(Rotated {
+                        rotation,
+                        algorithm,
+                        reason,
+                    });
+                }
+                replaced
+            }
+            SecretAction::Annotate { set, remove, .. } => {
+                let Some(cur) = secret.as_ref() else {
+                    break Ok(());
+                };
+                let object = render_annotate(cur, &set, &remove);
+                ctx.call("update", what, secrets.replace(name, &post, &object))
+                    .await
+            }
+        };
+        match step {
+            Ok(written) => {
+                ctx.note_written("Secret", &written);
+                secret = Some(written);
+            }
+            Err(e) if is_status(&e, 409) || is_status(&e, 404) => {
+                // Someone else changed (or deleted) it: re-read and decide again.
+                secret = match ctx.call("get", what, secrets.get_opt(name)).await {
+                    Ok(s) => s,
+                    Err(e) => break Err(e),
+                };
+            }
+            Err(e) => break Err(e),
+        }
+    };
+
+    if let Err(error) = result {
+        if rotated.is_none() && !matches!(error, Error::Contended(_)) {
+            ctx.metrics
+                .rotations
+                .get_or_create(&ResultLabels {
+                    result: "failure".to_owned(),
+                })
+                .inc();
+            for m in members {
+                publish(
+                    ctx,
+                    &m.instance,
+                    EventType::Warning,
+                    EVENT_RNDC_KEY_ROTATION_FAILED,
+                    format!("RNDC key Secret {namespace}/{name}: {error}"),
+                )
+                .await;
+            }
+        }
+        return Err(error);
+    }
+    let (Some(secret), Some(plan)) = (secret, plan) else {
+        return Ok(());
+    };
+
+    let mut problems = Vec::new();
+    for m in members {
+        if let Err(e) = roll(ctx, namespace, &m.user.instance, &plan, rotated.is_some()).await {
+            problems.push(e.to_string());
+        }
+        if let Some(desired) = rotation_status(&secret, &m.user.config) {
+            if let Err(e) = write_status(ctx, &m.instance, &desired).await {
+                problems.push(e.to_string());
+            }
+        }
+    }
+    if let Some(done) = &rotated {
+        ctx.metrics
+            .rotations
+            .get_or_create(&ResultLabels {
+                result: "success".to_owned(),
+            })
+            .inc();
+        for m in members {
+            publish(
+                ctx,
+                &m.instance,
+                EventType::Normal,
+                EVENT_RNDC_KEY_ROTATED,
+                format!(
+                    "Rotated RNDC key Secret {namespace}/{name} (rotation #{}, {}, {})",
+                    done.rotation, done.algorithm, done.reason
+                ),
+            )
+            .await;
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        let message = problems.join("; ");
+        for m in members {
+            publish(
+                ctx,
+                &m.instance,
+                EventType::Warning,
+                EVENT_RNDC_KEY_ROTATION_FAILED,
+                format!("RNDC key Secret {namespace}/{name} is current but rollout or status failed: {message}"),
+            )
+            .await;
+        }
+        Err(Error::Incomplete(message))
+    }
+}
+
+/// Patches the instance's Deployment marker when it differs from the key revision.
+async fn roll(
+    ctx: &Context,
+    namespace: &str,
+    instance: &str,
+    plan: &RotationPlan,
+    after_rotation: bool,
+) -> Result<(), Error> {
+    let name = ctx.args.deployment_name(instance);
+    let Some(marker) = plan.marker.clone() else {
+        return Ok(());
+    };
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let what = || format!("Deployment {namespace}/{name}");
+    let mut current: Option<Deployment> =
+        lookup(&ctx.caches.deployments, namespace, &name).map(|d| (*d).clone());
+    for _ in 0..3 {
+        let Some(deployment) = current.as_ref() else {
+            return Ok(());
+        };
+        if !plan.needs_roll(marker_of(deployment)) {
+            return Ok(());
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": deployment.metadata.resource_version },
+            "spec": { "template": { "metadata": { "annotations": { ANNOTATION_ROTATED_AT: marker } } } }
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        match ctx
+            .call(
+                "patch",
+                what,
+                api.patch(&name, &params, &Patch::Merge(&patch)),
+            )
+            .await
+        {
+            Ok(patched) => {
+                ctx.note_written("Deployment", &patched);
+                if after_rotation {
+                    tracing::info!(
+                        "Triggered Deployment {namespace}/{name} rollout after RNDC rotation"
+                    );
+                } else {
+                    tracing::info!(marker = %marker, "Triggered Deployment {namespace}/{name} rollout onto the current RNDC key");
+                }
+                return Ok(());
+            }
+            Err(e) if is_status(&e, 409) => {
+                current = ctx.call("get", what, api.get_opt(&name)).await?;
+            }
+            Err(e) if is_status(&e, 404) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Contended(what()))
+}
+
+fn status_value(desired: &RndcKeyRotationStatus) -> serde_json::Value {
+    json!({
+        "createdAt": desired.created_at,
+        "rotateAt": desired.rotate_at,
+        "lastRotatedAt": desired.last_rotated_at,
+        "rotationCount": desired.rotation_count,
+    })
+}
+
+/// Writes `status.rndcKeyRotationStatus` and upstream's `status.rndcKeyRotation` when they differ.
+async fn write_status(
+    ctx: &Context,
+    instance: &Bind9Instance,
+    desired: &RndcKeyRotationStatus,
+) -> Result<(), Error> {
+    let namespace = instance.namespace().unwrap_or_default();
+    let name = instance.name_any();
+    let api: Api<Bind9Instance> = Api::namespaced(ctx.client.clone(), &namespace);
+    let what = || format!("Bind9Instance {namespace}/{name} status");
+    let mut current = lookup(&ctx.caches.instances, &namespace, &name).map(|i| (*i).clone());
+    for _ in 0..3 {
+        let Some(instance) = current.as_ref() else {
+            return Ok(());
+        };
+        if status_in_sync(instance.status.as_ref(), desired) {
+            return Ok(());
+        }
+        let value = status_value(desired);
+        let patch = json!({
+            "metadata": { "resourceVersion": instance.metadata.resource_version },
+            "status": { "rndcKeyRotationStatus": value, "rndcKeyRotation": value }
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        match ctx
+            .call(
+                "patch",
+                what,
+                api.patch_status(&name, &params, &Patch::Merge(&patch)),
+            )
+            .await
+        {
+            Ok(written) => {
+                ctx.note_written("Bind9Instance", &written);
+                return Ok(());
+            }
+            Err(e) if is_status(&e, 409) => {
+                current = ctx.call("get", what, api.get_opt(&name)).await?;
+            }
+            Err(e) if is_status(&e, 404) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Contended(what()))
+}
+
+async fn publish(
+    ctx: &Context,
+    instance: &Bind9Instance,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let mut note = note;
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: if type_ == EventType::Normal {
+            "Rotate"
+        } else {
+            "Reconcile"
+        }
+        .to_owned(),
+        secondary: None,
+    };
+    ctx.limiter.acquire().await;
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &instance.object_ref(&()))
+        .await
+    {
+        ctx.metrics
+            .rotator_api_errors
+            .get_or_create(&ApiErrorLabels {
+                verb: "create".to_owned(),
+            })
+            .inc();
+        tracing::warn!(%error, instance = %instance.name_any(), "publishing an Event failed");
+    }
+}
