@@ -112,8 +112,11 @@ fn handle(
 ) -> Response {
     let started = Instant::now();
     let _in_flight = InFlight::start(&state.metrics);
-    let (response, labels) = answer(state, endpoint, headers, body);
+    let (response, labels, summary) = answer(state, endpoint, headers, body);
     let elapsed = started.elapsed();
+    if let Some(summary) = summary {
+        summary.log(endpoint, labels.decision, elapsed);
+    }
     state
         .metrics
         .admission_duration
@@ -125,6 +128,39 @@ fn handle(
         .get_or_create(&labels)
         .inc();
     response
+}
+
+/// What one decided request is logged with (never the object itself: it may hold a key).
+struct RequestSummary {
+    uid: String,
+    kind: String,
+    namespace: String,
+    name: String,
+    operation: String,
+    reason: Option<String>,
+}
+
+impl RequestSummary {
+    fn log(&self, endpoint: Endpoint, decision: Decision, elapsed: Duration) {
+        let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let Self {
+            uid,
+            kind,
+            namespace,
+            name,
+            operation,
+            reason,
+        } = self;
+        let (endpoint, decision) = (endpoint.as_str(), decision.as_str());
+        match reason {
+            Some(reason) => {
+                tracing::info!(%uid, %kind, %namespace, %name, %operation, endpoint, decision, latency_us, %reason, "admission")
+            }
+            None => {
+                tracing::debug!(%uid, %kind, %namespace, %name, %operation, endpoint, decision, latency_us, "admission")
+            }
+        }
+    }
 }
 
 fn invalid_labels(endpoint: Endpoint) -> AdmissionLabels {
@@ -151,7 +187,7 @@ fn answer(
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: &[u8],
-) -> (Response, AdmissionLabels) {
+) -> (Response, AdmissionLabels, Option<RequestSummary>) {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -165,6 +201,7 @@ fn answer(
         return (
             plain_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message),
             invalid_labels(endpoint),
+            None,
         );
     }
     let raw: Value = match serde_json::from_slice(body) {
@@ -176,6 +213,7 @@ fn answer(
             return (
                 plain_error(StatusCode::BAD_REQUEST, message),
                 invalid_labels(endpoint),
+                None,
             );
         }
     };
@@ -185,6 +223,7 @@ fn answer(
             return (
                 plain_error(StatusCode::BAD_REQUEST, message),
                 invalid_labels(endpoint),
+                None,
             );
         }
         Err(Malformed::BadRequest {
@@ -198,6 +237,7 @@ fn answer(
             return (
                 review_json(&api_version, response),
                 invalid_labels(endpoint),
+                None,
             );
         }
     };
@@ -211,14 +251,14 @@ fn answer(
     };
     let namespace = request.namespace.clone().unwrap_or_default();
     let mut response = AdmissionResponse::from(&request);
+    let mut reason = None;
     let decision = if let Some(message) = verdict.denial {
-        tracing::info!(uid = %request.uid, %kind, %namespace, %name, %operation, ?endpoint, decision = "denied", reason = %message, "admission");
+        reason = Some(message.clone());
         response = response.deny(message);
         Decision::Denied
     } else if let Some(patch) = verdict.patch {
         match response.clone().with_patch(patch) {
             Ok(patched) => {
-                tracing::debug!(uid = %request.uid, %kind, %namespace, %name, %operation, decision = "patched", "admission");
                 response = patched;
                 Decision::Patched
             }
@@ -229,19 +269,30 @@ fn answer(
             }
         }
     } else {
-        tracing::debug!(uid = %request.uid, %kind, %namespace, %name, %operation, decision = "allowed", "admission");
         Decision::Allowed
     };
     if !verdict.warnings.is_empty() {
         response.warnings = Some(verdict.warnings);
     }
+    let summary = RequestSummary {
+        uid: request.uid.clone(),
+        kind: kind.clone(),
+        namespace,
+        name,
+        operation: operation.clone(),
+        reason,
+    };
     let labels = AdmissionLabels {
         endpoint,
         kind,
         operation,
         decision,
     };
-    (review_json("admission.k8s.io/v1", response), labels)
+    (
+        review_json("admission.k8s.io/v1", response),
+        labels,
+        Some(summary),
+    )
 }
 
 fn operation_name(request: &AdmissionRequest<DynamicObject>) -> String {
