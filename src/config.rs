@@ -157,6 +157,21 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_and_environment_variable_is_documented() {
+        use clap::CommandFactory;
+        let docs = include_str!("../docs/policy.md");
+        for arg in Cli::command().get_arguments() {
+            let long = format!("--{}", arg.get_long().unwrap_or_default());
+            assert!(
+                docs.contains(&long),
+                "docs/policy.md does not mention {long}"
+            );
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert!(docs.contains(env), "docs/policy.md does not mention {env}");
+        }
+    }
+
+    #[test]
     fn allow_all_algorithms_empties_the_deny_list() {
         let cfg = parse(&["--allow-all-algorithms"]).expect("valid");
         assert!(cfg.denied_algorithms.is_empty());

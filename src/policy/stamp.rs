@@ -22,8 +22,8 @@ use crate::api::{
 /// How far in the future a `rndc-created-at` written by a user may lie (clock skew).
 pub const MAX_CLOCK_SKEW: TimeDelta = TimeDelta::minutes(5);
 
-/// A write to a key Secret, as the Secret webhook sees it.
-#[derive(Clone, Copy, Debug)]
+/// A write to a key Secret, as the Secret webhook sees it. `Debug` shows names, never data.
+#[derive(Clone, Copy)]
 pub struct SecretChange<'a> {
     /// The submitted Secret.
     pub new: &'a Secret,
@@ -35,6 +35,19 @@ pub struct SecretChange<'a> {
     pub owner: Option<&'a EffectiveKeyConfig>,
     /// The current time.
     pub now: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for SecretChange<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretChange")
+            .field("name", &self.new.metadata.name)
+            .field("namespace", &self.new.metadata.namespace)
+            .field("update", &self.old.is_some())
+            .field("username", &self.username)
+            .field("owner", &self.owner)
+            .field("now", &self.now)
+            .finish()
+    }
 }
 
 impl SecretChange<'_> {

@@ -274,3 +274,17 @@ fn the_label_selects_rndc_key_secrets() {
         Some([("bindy.firestoned.io/rndc-key".to_owned(), "true".to_owned())].into());
     assert!(is_rndc_key_secret(&secret));
 }
+
+#[test]
+fn debug_output_of_a_change_never_shows_key_data() {
+    let secret = key_secret(7, &[]);
+    let shown = format!("{:?}", change(&secret, None, "alice", None));
+    assert!(
+        shown.contains("dns-primary-rndc") && shown.contains("alice"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("BwcH") && !shown.contains("[7, 7"),
+        "{shown}"
+    );
+}
