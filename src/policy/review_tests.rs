@@ -691,3 +691,91 @@ fn denial_messages_join_every_reason() {
     let message = d.denial_message().expect("denied");
     assert!(message.contains("spec.role") && message.contains("; spec.rndcKey.rotateAfter"));
 }
+
+mod properties {
+    use super::*;
+    use crate::api::{Bind9ClusterSpec, Bind9InstanceSpec, RndcSecretRef, RoleSpec};
+    use proptest::prelude::*;
+
+    fn block() -> impl Strategy<Value = Option<RndcKeyConfig>> {
+        let field = |values: &'static [&'static str]| {
+            proptest::option::of(proptest::sample::select(values).prop_map(str::to_owned))
+        };
+        proptest::option::of(
+            (
+                proptest::option::of(any::<bool>()),
+                field(&["1h", "720h", "30d", "12w"]),
+                field(&["hmac-sha256", "hmac-sha384", "hmac-sha512"]),
+                any::<bool>(),
+            )
+                .prop_map(|(auto_rotate, rotate_after, algorithm, by_ref)| {
+                    RndcKeyConfig {
+                        auto_rotate,
+                        rotate_after,
+                        algorithm,
+                        secret_ref: by_ref.then(|| RndcSecretRef {
+                            name: "mine".into(),
+                            ..RndcSecretRef::default()
+                        }),
+                        ..RndcKeyConfig::default()
+                    }
+                }),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn the_defaulting_patch_applies_and_never_changes_the_winning_level(
+            own in block(),
+            primary in block(),
+            secondary in block(),
+            role in proptest::sample::select(&["primary", "Primary", "secondary", "SECONDARY"][..]),
+            cluster_ref in proptest::sample::select(&["", "my-cluster"][..]),
+            deprecated in any::<bool>(),
+            known in any::<bool>(),
+        ) {
+            let mut object = Bind9Instance::new("dns", Bind9InstanceSpec {
+                cluster_ref: Some(cluster_ref.to_owned()),
+                role: Some(role.to_owned()),
+                rndc_key: own,
+                rndc_secret_ref: deprecated.then(|| RndcSecretRef {
+                    name: "legacy".into(),
+                    ..RndcSecretRef::default()
+                }),
+                ..Bind9InstanceSpec::default()
+            });
+            object.metadata.namespace = Some("dns".into());
+            let cluster = Bind9Cluster::new("my-cluster", Bind9ClusterSpec {
+                primary: Some(RoleSpec { rndc_key: primary, ..RoleSpec::default() }),
+                secondary: Some(RoleSpec { rndc_key: secondary, ..RoleSpec::default() }),
+                ..Bind9ClusterSpec::default()
+            });
+            let cluster = (known || cluster_ref.is_empty()).then_some(&cluster);
+            let cfg = PolicyConfig::default();
+            let mutation = mutate_instance(&object, cluster, &cfg);
+            let patched = apply_patch(&object, &mutation.patch);
+            prop_assert!(patched.is_ok(), "{:?}", patched);
+            let patched = patched.unwrap_or_default();
+            prop_assert!(patched.spec.role.as_deref().is_some_and(|r| r == r.to_lowercase()));
+            let before = effective_config(&object, cluster, &cfg);
+            let after = effective_config(&patched, cluster, &cfg);
+            match (before, after) {
+                (Ok(before), Ok(after)) => {
+                    let same = before.source == after.source
+                        || (before.source == ConfigSource::Defaults
+                            && after.source == ConfigSource::Instance);
+                    prop_assert!(same, "{:?} -> {:?}", before.source, after.source);
+                    prop_assert_eq!(before.auto_rotate, after.auto_rotate);
+                    prop_assert_eq!(before.rotate_after, after.rotate_after);
+                    prop_assert_eq!(before.algorithm, after.algorithm);
+                    prop_assert_eq!(before.secret_name, after.secret_name);
+                    prop_assert_eq!(before.management, after.management);
+                }
+                (Err(before), Err(after)) => prop_assert_eq!(before, after),
+                (before, after) => prop_assert!(false, "{:?} became {:?}", before, after),
+            }
+            // Mutation is idempotent: the stored object needs no further patch.
+            prop_assert!(mutate_instance(&patched, cluster, &cfg).patch.0.is_empty());
+        }
+    }
+}
