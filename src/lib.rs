@@ -11,12 +11,14 @@
 //! - [`admission`]: the HTTPS admission server (router, policy adapter, TLS, accept loop).
 //! - [`cache`]: watch caches that answer admission lookups without API calls.
 //! - [`serve`]: the `serve` command wiring admission, probes, caches and the rotator together.
+//! - [`serving_cert`]: self-managed serving certificates (Secret, caBundle, renewal).
 //! - [`probe`] and [`metrics`]: the plain-HTTP probe port and the Prometheus metrics.
 //! - [`cli`]: the command line and the dispatch to each command.
 //! - [`telemetry`]: logging setup.
 
 pub mod admission;
 pub mod api;
+pub mod audit;
 pub mod cache;
 pub mod check;
 pub mod cli;
@@ -24,6 +26,8 @@ pub mod config;
 pub mod metrics;
 pub mod policy;
 pub mod probe;
+pub mod rotate;
 pub mod rotation;
 pub mod serve;
+pub mod serving_cert;
 pub mod telemetry;

@@ -18,6 +18,7 @@ use crate::cache::ClusterCache;
 use crate::config::PolicyArgs;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::probe::{self, Readiness};
+use crate::serving_cert::{SelfManagedCertArgs, SelfManagedCerts};
 
 /// Flags of `serve`.
 #[derive(Debug, Clone, Args)]
@@ -75,9 +76,12 @@ pub struct ServeArgs {
     /// Defaults and policy.
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Self-managed serving certificates (Secret + caBundle).
+    #[command(flatten)]
+    pub certs: SelfManagedCertArgs,
 }
 
-/// Parses `500ms`, `10s`, `5m` or `1h`.
+/// Parses `500ms`, `10s`, `5m`, `1h` or `90d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -169,8 +173,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let readiness = Arc::new(Readiness::default());
     let policy_config = args.policy.to_config().context("invalid policy flags")?;
 
-    let files = tls_files(&args)?;
-    let tls = Arc::new(ReloadingTls::load(files).context("loading the serving certificate")?);
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the admission listener --listen {}", args.listen))?;
@@ -201,6 +203,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 tracing::info!(%error, "no cluster credentials found: admission only, rotator off");
                 None
             }
+        }
+    };
+    let self_managed = match &client {
+        Some(client) => SelfManagedCerts::from_args(client, &args.certs)
+            .context("self-managed certificate settings")?,
+        None if args.certs.cert_secret.is_some() => {
+            anyhow::bail!("--cert-secret needs cluster credentials, and none were found")
+        }
+        None => None,
+    };
+    let tls = match &self_managed {
+        Some(certs) => {
+            let pair = certs
+                .initial(Duration::from_secs(120))
+                .await
+                .context("obtaining the self-managed serving certificate")?;
+            Arc::new(ReloadingTls::from_pem(&pair, args.tls_client_ca.clone())?)
+        }
+        None => {
+            let files = tls_files(&args)?;
+            Arc::new(ReloadingTls::load(files).context("loading the serving certificate")?)
         }
     };
     let cache = match client {
@@ -247,23 +270,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         stop_signal(),
     ));
     let reload_metrics = metrics.clone();
-    tasks.spawn(tls.clone().watch(
-        args.tls_reload_interval,
-        move |outcome| {
-            let result = match outcome {
-                ReloadOutcome::Unchanged => return,
-                ReloadOutcome::Reloaded => "success",
-                ReloadOutcome::KeptPrevious => "failure",
-            };
-            reload_metrics
-                .tls_reloads
-                .get_or_create(&ResultLabels {
-                    result: result.to_owned(),
-                })
-                .inc();
-        },
-        stop_signal(),
-    ));
+    let count_reload = move |outcome| {
+        let result = match outcome {
+            ReloadOutcome::Unchanged => return,
+            ReloadOutcome::Reloaded => "success",
+            ReloadOutcome::KeptPrevious => "failure",
+        };
+        reload_metrics
+            .tls_reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    };
+    match self_managed {
+        Some(certs) => {
+            tasks.spawn(certs.run(tls.clone(), count_reload, stop_signal()));
+        }
+        None => {
+            tasks.spawn(
+                tls.clone()
+                    .watch(args.tls_reload_interval, count_reload, stop_signal()),
+            );
+        }
+    }
     let probe_router = probe::router(readiness.clone(), metrics.clone());
     let probe_stop = stop_signal();
     tasks.spawn(async move {

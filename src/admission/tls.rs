@@ -5,7 +5,9 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::Duration as StdDuration;
+
+use time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -75,6 +77,71 @@ pub struct GeneratedTls {
     pub ca_pem: String,
 }
 
+/// A certificate and its private key, as PEM text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemPair {
+    /// The certificate.
+    pub cert: String,
+    /// The private key (PKCS#8).
+    pub key: String,
+}
+
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemPair")
+            .field("cert", &self.cert.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Generates a CA valid from an hour before `now` until `now + lifetime`.
+pub fn new_ca(
+    common_name: &str,
+    now: time::OffsetDateTime,
+    lifetime: Duration,
+) -> Result<PemPair, TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + lifetime;
+    let cert = params.self_signed(&key)?;
+    Ok(PemPair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Signs a serving certificate for `dns_names` and `ips` with `ca`, valid from an hour before
+/// `now` until `now + lifetime`.
+pub fn sign_serving_cert(
+    ca: &PemPair,
+    dns_names: &[String],
+    ips: &[IpAddr],
+    now: time::OffsetDateTime,
+    lifetime: Duration,
+) -> Result<PemPair, TlsError> {
+    let ca_key = KeyPair::from_pem(&ca.key)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(dns_names.to_vec())?;
+    leaf.subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    leaf.distinguished_name = distinguished_name(dns_names.first().map_or("rndc-warden", |n| n));
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.not_before = now - time::Duration::hours(1);
+    leaf.not_after = now + lifetime;
+    let cert = leaf.signed_by(&key, &issuer)?;
+    Ok(PemPair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
 /// Generates a CA and a serving certificate for `dns_names` and `ips` (valid for `days`), and
 /// writes `ca.crt`, `tls.crt` and `tls.key` into `dir` (the key with mode 0600).
 pub fn generate_self_signed(
@@ -83,46 +150,27 @@ pub fn generate_self_signed(
     ips: &[IpAddr],
     days: i64,
 ) -> Result<GeneratedTls, TlsError> {
+    let lifetime = time::Duration::days(days);
     let now = time_now();
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name = distinguished_name("rndc-warden webhook CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.not_before = now - rcgen_days(1);
-    ca_params.not_after = now + rcgen_days(days);
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(dns_names.to_vec())?;
-    leaf.subject_alt_names
-        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-    leaf.distinguished_name = distinguished_name(dns_names.first().map_or("rndc-warden", |n| n));
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.not_before = now - rcgen_days(1);
-    leaf.not_after = now + rcgen_days(days);
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
-
+    let ca = new_ca("rndc-warden webhook CA", now, lifetime)?;
+    let leaf = sign_serving_cert(&ca, dns_names, ips, now, lifetime)?;
     std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
         path: dir.to_path_buf(),
         source,
     })?;
-    let ca_pem = ca_cert.pem();
     let ca_path = dir.join("ca.crt");
     let files = TlsFiles {
         cert: dir.join("tls.crt"),
         key: dir.join("tls.key"),
         client_ca: None,
     };
-    write_file(&ca_path, ca_pem.as_bytes(), 0o644)?;
-    write_file(&files.cert, leaf_cert.pem().as_bytes(), 0o644)?;
-    write_file(&files.key, leaf_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&ca_path, ca.cert.as_bytes(), 0o644)?;
+    write_file(&files.cert, leaf.cert.as_bytes(), 0o644)?;
+    write_file(&files.key, leaf.key.as_bytes(), 0o600)?;
     Ok(GeneratedTls {
         files,
         ca_path,
-        ca_pem,
+        ca_pem: ca.cert,
     })
 }
 
@@ -134,10 +182,6 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 
 fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
-}
-
-fn rcgen_days(days: i64) -> time::Duration {
-    time::Duration::days(days)
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -167,48 +211,83 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// Reads the files and builds a rustls server configuration (TLS 1.2 and 1.3 only).
-fn load(files: &TlsFiles) -> Result<(ServerConfig, Fingerprint), TlsError> {
-    let cert_pem = read(&files.cert)?;
-    let key_pem = read(&files.key)?;
-    let client_ca_pem = files.client_ca.as_deref().map(read).transpose()?;
+fn fingerprint(parts: &[&[u8]]) -> Fingerprint {
     let mut digest = Sha256::new();
-    digest.update(&cert_pem);
-    digest.update(&key_pem);
-    if let Some(ca) = &client_ca_pem {
-        digest.update(ca);
+    for part in parts {
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part);
     }
-    let fingerprint = Fingerprint(digest.finalize().into());
+    Fingerprint(digest.finalize().into())
+}
 
-    let chain = parse_certs(&files.cert, &cert_pem)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|err| TlsError::Pem {
-        path: files.key.clone(),
-        problem: format!("no usable private key ({err})"),
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|err| TlsError::Config(err.to_string()))?;
-    let builder = match (&files.client_ca, client_ca_pem) {
-        (Some(path), Some(pem)) => {
-            let mut roots = RootCertStore::empty();
-            for cert in parse_certs(path, &pem)? {
-                roots
-                    .add(cert)
-                    .map_err(|err| TlsError::Config(err.to_string()))?;
+/// PEM material read from the files, with its fingerprint.
+struct Material {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<(PathBuf, Vec<u8>)>,
+}
+
+impl Material {
+    fn read(files: &TlsFiles) -> Result<Self, TlsError> {
+        Ok(Self {
+            cert: read(&files.cert)?,
+            key: read(&files.key)?,
+            client_ca: match &files.client_ca {
+                Some(path) => Some((path.clone(), read(path)?)),
+                None => None,
+            },
+        })
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        let ca = self
+            .client_ca
+            .as_ref()
+            .map_or(&[][..], |(_, pem)| pem.as_slice());
+        fingerprint(&[&self.cert, &self.key, ca])
+    }
+
+    /// Builds a rustls server configuration (TLS 1.2 and 1.3 only). `origin` names where the
+    /// certificate and key came from, for messages.
+    fn build(&self, cert_origin: &Path, key_origin: &Path) -> Result<ServerConfig, TlsError> {
+        let chain = parse_certs(cert_origin, &self.cert)?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|err| TlsError::Pem {
+            path: key_origin.to_path_buf(),
+            problem: format!("no usable private key ({err})"),
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|err| TlsError::Config(err.to_string()))?;
+        let builder = match &self.client_ca {
+            Some((path, pem)) => {
+                let mut roots = RootCertStore::empty();
+                for cert in parse_certs(path, pem)? {
+                    roots
+                        .add(cert)
+                        .map_err(|err| TlsError::Config(err.to_string()))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|err| TlsError::Config(err.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|err| TlsError::Config(err.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|err| TlsError::Config(err.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((config, fingerprint))
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|err| TlsError::Config(err.to_string()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// Reads the files and builds a rustls server configuration.
+fn load(files: &TlsFiles) -> Result<(ServerConfig, Fingerprint), TlsError> {
+    let material = Material::read(files)?;
+    let config = material.build(&files.cert, &files.key)?;
+    Ok((config, material.fingerprint()))
 }
 
 fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -238,10 +317,20 @@ pub enum ReloadOutcome {
     KeptPrevious,
 }
 
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Files, re-read by [`ReloadingTls::reload`].
+    Files(TlsFiles),
+    /// PEM handed over in memory by [`ReloadingTls::set_pem`] (self-managed certificates); an
+    /// optional client CA still comes from a file.
+    Memory { client_ca: Option<PathBuf> },
+}
+
 /// The current TLS configuration, swapped atomically when the files change.
 #[derive(Debug)]
 pub struct ReloadingTls {
-    files: TlsFiles,
+    source: Source,
     current: RwLock<(Arc<ServerConfig>, Fingerprint)>,
 }
 
@@ -250,9 +339,71 @@ impl ReloadingTls {
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
         let (config, fingerprint) = load(&files)?;
         Ok(Self {
-            files,
+            source: Source::Files(files),
             current: RwLock::new((Arc::new(config), fingerprint)),
         })
+    }
+
+    /// Serves `pair` from memory; later changes come through [`ReloadingTls::set_pem`].
+    pub fn from_pem(pair: &PemPair, client_ca: Option<PathBuf>) -> Result<Self, TlsError> {
+        let (config, fingerprint) = Self::build_pem(pair, client_ca.as_deref())?;
+        Ok(Self {
+            source: Source::Memory { client_ca },
+            current: RwLock::new((Arc::new(config), fingerprint)),
+        })
+    }
+
+    fn build_pem(
+        pair: &PemPair,
+        client_ca: Option<&Path>,
+    ) -> Result<(ServerConfig, Fingerprint), TlsError> {
+        let material = Material {
+            cert: pair.cert.as_bytes().to_vec(),
+            key: pair.key.as_bytes().to_vec(),
+            client_ca: match client_ca {
+                Some(path) => Some((path.to_path_buf(), read(path)?)),
+                None => None,
+            },
+        };
+        let origin = Path::new("<in-memory serving certificate>");
+        let config = material.build(origin, origin)?;
+        Ok((config, material.fingerprint()))
+    }
+
+    /// Serves `pair` to new connections if it differs from the current material and is valid;
+    /// otherwise keeps the current configuration.
+    pub fn set_pem(&self, pair: &PemPair) -> ReloadOutcome {
+        let client_ca = match &self.source {
+            Source::Memory { client_ca } => client_ca.as_deref(),
+            Source::Files(files) => files.client_ca.as_deref(),
+        };
+        match Self::build_pem(pair, client_ca) {
+            Ok((_, fingerprint)) if fingerprint == self.fingerprint() => ReloadOutcome::Unchanged,
+            Ok((config, fingerprint)) => {
+                self.swap(config, fingerprint);
+                tracing::info!("now serving the renewed self-managed certificate");
+                ReloadOutcome::Reloaded
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the new serving certificate is invalid; still serving the previous one");
+                ReloadOutcome::KeptPrevious
+            }
+        }
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        match self.current.read() {
+            Ok(guard) => guard.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
+    }
+
+    fn swap(&self, config: ServerConfig, fingerprint: Fingerprint) {
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = (Arc::new(config), fingerprint);
     }
 
     /// The configuration new connections use.
@@ -266,24 +417,20 @@ impl ReloadingTls {
     /// Re-reads the files (following symlinks) and swaps the configuration when their content
     /// changed and is valid.
     pub fn reload(&self) -> ReloadOutcome {
-        let previous = match self.current.read() {
-            Ok(guard) => guard.1.clone(),
-            Err(poisoned) => poisoned.into_inner().1.clone(),
+        let Source::Files(files) = &self.source else {
+            return ReloadOutcome::Unchanged;
         };
-        match load(&self.files) {
+        let previous = self.fingerprint();
+        match load(files) {
             Ok((_, fingerprint)) if fingerprint == previous => ReloadOutcome::Unchanged,
             Ok((config, fingerprint)) => {
-                let mut guard = match self.current.write() {
-                    Ok(guard) => guard,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                *guard = (Arc::new(config), fingerprint);
-                tracing::info!(cert = %self.files.cert.display(), "reloaded the serving certificate");
+                self.swap(config, fingerprint);
+                tracing::info!(cert = %files.cert.display(), "reloaded the serving certificate");
                 ReloadOutcome::Reloaded
             }
             Err(error) => {
                 // Half-written files during a swap look broken too: log and try again next tick.
-                if self.files_changed_since(&previous) {
+                if Material::read(files).map_or(true, |m| m.fingerprint() != previous) {
                     tracing::warn!(%error, "new TLS material is invalid; still serving the previous certificate");
                     ReloadOutcome::KeptPrevious
                 } else {
@@ -293,28 +440,10 @@ impl ReloadingTls {
         }
     }
 
-    fn files_changed_since(&self, previous: &Fingerprint) -> bool {
-        let mut digest = Sha256::new();
-        for path in [
-            Some(&self.files.cert),
-            Some(&self.files.key),
-            self.files.client_ca.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            match std::fs::read(path) {
-                Ok(bytes) => digest.update(&bytes),
-                Err(_) => return true,
-            }
-        }
-        Fingerprint(digest.finalize().into()) != *previous
-    }
-
     /// Checks the files every `interval` until `shutdown` resolves, reporting each outcome.
     pub async fn watch(
         self: Arc<Self>,
-        interval: Duration,
+        interval: StdDuration,
         mut on_outcome: impl FnMut(ReloadOutcome) + Send,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
