@@ -25,6 +25,10 @@ pub enum Command {
     Check(crate::check::CheckArgs),
     /// Print the CustomResourceDefinitions rndc-warden understands, as YAML.
     Crdgen,
+    /// Compliance report: one row per instance with its key policy, age, next rotation and verdict.
+    Audit(crate::audit::AuditArgs),
+    /// Request an immediate rotation of an instance's key (rate-limited to one per hour unless --force).
+    Rotate(crate::rotate::RotateArgs),
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -53,6 +57,8 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Check(args) => crate::check::run(&args),
+        Command::Audit(args) => crate::audit::run(&args),
+        Command::Rotate(args) => crate::rotate::run(&args),
         Command::Crdgen => {
             print!("{}", crate::api::crd_yaml());
             ExitCode::SUCCESS

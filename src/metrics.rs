@@ -184,7 +184,7 @@ impl Metrics {
         let rotator_leader = Gauge::default();
         registry.register(
             "rndc_warden_rotator_leader",
-            "1 while this replica holds the rotator Lease",
+            "Whether this replica holds the rotator Lease (1) or not (0)",
             rotator_leader.clone(),
         );
         let rotator_api_errors = Family::<ApiErrorLabels, Counter>::default();

@@ -300,7 +300,8 @@ pub async fn run_with_keys(
         .with_identity(&identity)
         .with_duration(args.lease_duration.as_secs())
         .with_grace(args.lease_grace.as_secs())
-        .with_field_manager(format!("{FIELD_MANAGER}-lease"))
+        // Server-side apply detects the race for the Lease only between different field managers.
+        .with_field_manager(format!("{FIELD_MANAGER}-lease-{identity}"))
         .build()
         .await
         .map_err(lease_error)?;

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::keys::{KeySource, QpsLimiter, generate};
 use super::plan::{
-    SecretUser, governing, lacks_label, marker_of, plan_secret, render_annotate, render_provision,
+    SecretUser, governing, lacks_label, needs_roll, plan_secret, render_annotate, render_provision,
     render_rotation, seconds_until, status_in_sync,
 };
 use super::{Error, FIELD_MANAGER, RotationArgs};
@@ -429,7 +429,7 @@ fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>
     if !work {
         if let Some(secret) = secret.as_deref() {
             work = members.iter().any(|m| {
-                rollout_pending(ctx, namespace, &m.user.instance, &plan)
+                rollout_pending(ctx, namespace, &m.user.instance, &plan, secret)
                     || status_pending(ctx, m, secret)
             });
         }
@@ -440,7 +440,13 @@ fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>
     }
 }
 
-fn rollout_pending(ctx: &Context, namespace: &str, instance: &str, plan: &RotationPlan) -> bool {
+fn rollout_pending(
+    ctx: &Context,
+    namespace: &str,
+    instance: &str,
+    plan: &RotationPlan,
+    secret: &Secret,
+) -> bool {
     let name = ctx.args.deployment_name(instance);
     let Some(deployment) = lookup(&ctx.caches.deployments, namespace, &name) else {
         return false;
@@ -450,7 +456,7 @@ fn rollout_pending(ctx: &Context, namespace: &str, instance: &str, plan: &Rotati
         namespace,
         &name,
         deployment.metadata.resource_version.as_deref(),
-    ) && plan.needs_roll(marker_of(&deployment))
+    ) && needs_roll(plan, &deployment, secret)
 }
 
 fn status_pending(ctx: &Context, member: &Member, secret: &Secret) -> bool {
@@ -730,7 +736,16 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
 
     let mut problems = Vec::new();
     for m in members {
-        if let Err(e) = roll(ctx, namespace, &m.user.instance, &plan, rotated.is_some()).await {
+        if let Err(e) = roll(
+            ctx,
+            namespace,
+            &m.user.instance,
+            &plan,
+            &secret,
+            rotated.is_some(),
+        )
+        .await
+        {
             problems.push(e.to_string());
         }
         if let Some(desired) = rotation_status(&secret, &m.user.config) {
@@ -784,6 +799,7 @@ async fn roll(
     namespace: &str,
     instance: &str,
     plan: &RotationPlan,
+    secret: &Secret,
     after_rotation: bool,
 ) -> Result<(), Error> {
     let name = ctx.args.deployment_name(instance);
@@ -798,7 +814,7 @@ async fn roll(
         let Some(deployment) = current.as_ref() else {
             return Ok(());
         };
-        if !plan.needs_roll(marker_of(deployment)) {
+        if !needs_roll(plan, deployment, secret) {
             return Ok(());
         }
         let patch = json!({

@@ -250,6 +250,28 @@ pub fn marker_of(deployment: &Deployment) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// Whether a Deployment must be patched onto the plan's key revision: the policy's
+/// [`RotationPlan::needs_roll`], and also a Deployment without a marker that is older than the
+/// key in the Secret (its pods cannot have started on that key: the Secret was deleted and
+/// re-created, or a crash came between provisioning and the rollout). A Deployment created after
+/// the key is left alone, so installing rndc-warden restarts nothing.
+pub fn needs_roll(plan: &RotationPlan, deployment: &Deployment, secret: &Secret) -> bool {
+    let marker = marker_of(deployment);
+    if plan.needs_roll(marker) {
+        return true;
+    }
+    if marker.is_some() || plan.marker.is_none() {
+        return false;
+    }
+    let key_created = crate::policy::KeyAnnotations::of(secret).created_at;
+    let deployment_created = deployment
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0));
+    matches!((key_created, deployment_created), (Some(k), Some(d)) if d < k)
+}
+
 /// Whether the status already shows `desired`. rndc-warden writes both its own
 /// `rndcKeyRotationStatus` and upstream's `rndcKeyRotation`; the installed schema may prune the
 /// former, so only the latter is required (status never drives scheduling either way).
