@@ -16,10 +16,21 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Log line format.
-    #[arg(long, global = true, env = "RNDC_WARDEN_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "RNDC_WARDEN_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `rndc_warden=debug,kube=info` (RUST_LOG syntax).
-    #[arg(long, global = true, env = "RNDC_WARDEN_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "RNDC_WARDEN_LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
 }
 
