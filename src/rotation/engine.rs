@@ -277,13 +277,12 @@ impl Context {
         let meta = object.meta();
         if let (Some(ns), Some(name), Some(rv)) =
             (&meta.namespace, &meta.name, &meta.resource_version)
+            && let Ok(mut written) = self.written.lock()
         {
-            if let Ok(mut written) = self.written.lock() {
-                written.insert(
-                    format!("{kind}/{ns}/{name}"),
-                    (rv.clone(), tokio::time::Instant::now()),
-                );
-            }
+            written.insert(
+                format!("{kind}/{ns}/{name}"),
+                (rv.clone(), tokio::time::Instant::now()),
+            );
         }
     }
 
@@ -426,13 +425,11 @@ fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>
         }
     }
     let mut work = plan.action != SecretAction::Nothing;
-    if !work {
-        if let Some(secret) = secret.as_deref() {
-            work = members.iter().any(|m| {
-                rollout_pending(ctx, namespace, &m.user.instance, &plan, secret)
-                    || status_pending(ctx, m, secret)
-            });
-        }
+    if !work && let Some(secret) = secret.as_deref() {
+        work = members.iter().any(|m| {
+            rollout_pending(ctx, namespace, &m.user.instance, &plan, secret)
+                || status_pending(ctx, m, secret)
+        });
     }
     Assessment {
         work,
@@ -498,11 +495,11 @@ pub async fn schedule(ctx: Arc<Context>) -> Result<(), Error> {
             if in_flight.contains(&key) {
                 continue;
             }
-            if let Some(until) = backoff.get(&key).and_then(|b| b.until) {
-                if until > tokio::time::Instant::now() {
-                    next_wake = next_wake.min(until);
-                    continue;
-                }
+            if let Some(until) = backoff.get(&key).and_then(|b| b.until)
+                && until > tokio::time::Instant::now()
+            {
+                next_wake = next_wake.min(until);
+                continue;
             }
             let assessment = assess(&ctx, &key, &members, now);
             if let Some(at) = assessment.next_wake {
@@ -748,10 +745,10 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
         {
             problems.push(e.to_string());
         }
-        if let Some(desired) = rotation_status(&secret, &m.user.config) {
-            if let Err(e) = write_status(ctx, &m.instance, &desired).await {
-                problems.push(e.to_string());
-            }
+        if let Some(desired) = rotation_status(&secret, &m.user.config)
+            && let Err(e) = write_status(ctx, &m.instance, &desired).await
+        {
+            problems.push(e.to_string());
         }
     }
     if let Some(done) = &rotated {
