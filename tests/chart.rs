@@ -1,0 +1,858 @@
+//! The Helm chart (`charts/rndc-warden`) and what is generated from it, checked with the real
+//! helm v3.22 and, for install/upgrade/uninstall, a real kube-apiserver (the testkit):
+//!
+//! - `helm lint --strict` and `helm template` for the defaults and for every option;
+//! - values that violate `values.schema.json` are rejected with a message naming the value;
+//! - `deploy/manifests/` and the chart's copy of the CRDs are up to date
+//!   (`UPDATE_MANIFESTS=1 cargo test --test chart` rewrites them);
+//! - every rendered option set is accepted by the apiserver (server-side dry run);
+//! - `helm install`, then the real binary run as the chart's ServiceAccount and reached through the
+//!   chart's webhook configurations (`webhook.url`), `kubectl auth can-i --list` against
+//!   `docs/security.md`, `helm upgrade` keeping the injected caBundle, `helm uninstall` leaving no
+//!   webhook configuration behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use rndc_warden_testkit::Binaries;
+use serde_json::{Value, json};
+
+const RELEASE_NS: &str = "dns-system";
+/// The webhook configurations of release `rel`.
+const WEBHOOK_CONFIGS: [(&str, &str); 2] = [
+    ("MutatingWebhookConfiguration", "rel-rndc-warden-mutating"),
+    (
+        "ValidatingWebhookConfiguration",
+        "rel-rndc-warden-validating",
+    ),
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart_dir() -> PathBuf {
+    root().join("charts/rndc-warden")
+}
+
+fn binaries() -> &'static Binaries {
+    static BINS: OnceLock<Binaries> = OnceLock::new();
+    BINS.get_or_init(|| {
+        Binaries::locate().expect("helm/kubectl binaries (see docs/development.md)")
+    })
+}
+
+/// A private helm home so that the developer's repositories and plugins never matter.
+fn helm_home() -> &'static Path {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chart-helm-home");
+        for dir in ["cache", "config", "data"] {
+            std::fs::create_dir_all(home.join(dir)).expect("helm home");
+        }
+        home
+    })
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs helm offline (no kubeconfig: `lookup` finds nothing, as in `helm template` for GitOps).
+fn helm(args: &[&str]) -> Run {
+    let home = helm_home();
+    let output = Command::new(&binaries().helm)
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env("KUBECONFIG", "/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .expect("helm runs");
+    Run {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Writes `values` (YAML) to a file that lives as long as the returned guard.
+fn values_file(values: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile()
+        .expect("values file");
+    std::fs::write(file.path(), values).expect("values written");
+    file
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// `helm template` output for `values`, or helm's error.
+fn try_render(release: &str, namespace: &str, values: &str) -> Result<String, String> {
+    let file = values_file(values);
+    let chart = chart_dir();
+    let run = helm(&[
+        "template",
+        release,
+        path_str(&chart),
+        "--namespace",
+        namespace,
+        "--values",
+        path_str(file.path()),
+    ]);
+    if run.ok {
+        Ok(run.stdout)
+    } else {
+        Err(run.stderr)
+    }
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("rendered YAML parses"))
+        .filter(|doc: &Value| !doc.is_null())
+        .collect()
+}
+
+/// The rendered objects of release `rel` in [`RELEASE_NS`].
+fn render(values: &str) -> Rendered {
+    let yaml = try_render("rel", RELEASE_NS, values)
+        .unwrap_or_else(|e| panic!("helm template failed for values:\n{values}\n{e}"));
+    Rendered(documents(&yaml))
+}
+
+struct Rendered(Vec<Value>);
+
+impl Rendered {
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.0.iter().filter(|d| d["kind"] == kind).collect()
+    }
+
+    fn get(&self, kind: &str, name: &str) -> &Value {
+        self.0
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} rendered; have {:?}", self.names()))
+    }
+
+    fn has(&self, kind: &str) -> bool {
+        self.0.iter().any(|d| d["kind"] == kind)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|d| format!("{}/{}", d["kind"], d["metadata"]["name"]))
+            .collect()
+    }
+
+    fn container(&self) -> &Value {
+        &self.get("Deployment", "rel-rndc-warden")["spec"]["template"]["spec"]["containers"][0]
+    }
+
+    /// The container's plain `env` values (those set with `valueFrom` map to `None`).
+    fn env(&self) -> BTreeMap<String, Option<String>> {
+        self.container()["env"]
+            .as_array()
+            .expect("env list")
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().expect("env name").to_owned(),
+                    e["value"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+
+    /// Every webhook of both configurations.
+    fn webhooks(&self) -> Vec<&Value> {
+        WEBHOOK_CONFIGS
+            .iter()
+            .flat_map(|(kind, name)| {
+                self.get(kind, name)["webhooks"]
+                    .as_array()
+                    .expect("webhooks list")
+            })
+            .collect()
+    }
+
+    /// `(apiGroup, resource, verb)` of every RBAC rule of `kind/name`.
+    fn rules(&self, kind: &str, name: &str) -> BTreeSet<(String, String, String)> {
+        let mut out = BTreeSet::new();
+        for rule in self.get(kind, name)["rules"].as_array().expect("rules") {
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    for verb in strings(&rule["verbs"]) {
+                        out.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn rule(group: &str, resource: &str, verb: &str) -> (String, String, String) {
+    (group.to_owned(), resource.to_owned(), verb.to_owned())
+}
+
+/// A PEM CA for the `provided` certificate mode.
+fn test_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).expect("self-signed CA").pem()
+}
+
+/// Every option the chart has, one value set each (name, values YAML). All are linted, rendered,
+/// checked below and dry-run against the apiserver.
+fn option_sets() -> Vec<(&'static str, String)> {
+    let ca = test_ca_pem().replace('\n', "\n      ");
+    vec![
+        ("defaults", String::new()),
+        ("cert-manager", "certificates:\n  mode: cert-manager\n".into()),
+        (
+            "cert-manager-issuer",
+            "certificates:\n  mode: cert-manager\n  certManager:\n    issuerRef:\n      name: corp-ca\n      kind: ClusterIssuer\n      group: cert-manager.io\n".into(),
+        ),
+        (
+            "provided",
+            format!(
+                "certificates:\n  mode: provided\n  secretName: my-webhook-tls\n  provided:\n    caBundle: |\n      {ca}\n"
+            ),
+        ),
+        (
+            "signal",
+            "reload:\n  strategy: signal\n  podSelector: app=dns,instance={instance}\n  container: named\n".into(),
+        ),
+        (
+            "service-monitor",
+            "serviceMonitor:\n  enabled: true\n  labels:\n    release: prometheus\n".into(),
+        ),
+        (
+            "network-policy",
+            "networkPolicy:\n  enabled: true\n  metricsFrom:\n    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: monitoring\n".into(),
+        ),
+        ("crds-off", "crds:\n  install: false\n".into()),
+        (
+            "match-conditions",
+            "webhook:\n  matchConditions:\n    - name: not-garbage-collector\n      expression: \"request.userInfo.username != 'system:serviceaccount:kube-system:generic-garbage-collector'\"\n".into(),
+        ),
+        (
+            "url",
+            "webhook:\n  url: https://127.0.0.1:8443/\n  failurePolicy: Ignore\n  timeoutSeconds: 3\n".into(),
+        ),
+        (
+            "watch-namespaces",
+            "watchNamespaces: [dns-a, dns-b]\nwebhook:\n  namespaceSelector:\n    matchLabels:\n      rndc-warden: enabled\n".into(),
+        ),
+        (
+            "admission-only",
+            "replicaCount: 1\nrotation:\n  enabled: false\n  leaderElection: false\npodDisruptionBudget:\n  enabled: false\n".into(),
+        ),
+        (
+            "policy-and-scheduling",
+            concat!(
+                "policy:\n  denyAlgorithms: [hmac-md5, hmac-sha1, hmac-sha224]\n  defaultRotateAfter: 30d\n",
+                "  defaultAlgorithm: hmac-sha512\n  defaultAutoRotate: true\n  requireAutoRotate: true\n",
+                "  secretNameTemplate: \"{instance}-rndc-key\"\n",
+                "image:\n  digest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n",
+                "imagePullSecrets: [{name: regcred}]\npriorityClassName: system-cluster-critical\n",
+                "nodeSelector: {kubernetes.io/os: linux}\ntolerations: [{key: dedicated, operator: Exists}]\n",
+                "affinity:\n  podAntiAffinity:\n    requiredDuringSchedulingIgnoredDuringExecution:\n",
+                "      - topologyKey: kubernetes.io/hostname\n        labelSelector: {matchLabels: {app.kubernetes.io/name: rndc-warden}}\n",
+                "podDisruptionBudget:\n  minAvailable: null\n  maxUnavailable: 1\n",
+                "extraEnv: [{name: RNDC_WARDEN_CLIENT_QPS, value: \"20\"}]\n",
+                "serviceAccount:\n  annotations: {eks.amazonaws.com/role-arn: arn:aws:iam::1:role/x}\n",
+            )
+            .into(),
+        ),
+        (
+            "policy-allow-all",
+            "policy:\n  allowAllAlgorithms: true\n  defaultAlgorithm: hmac-sha1\n".into(),
+        ),
+    ]
+}
+
+#[test]
+fn helm_lint_is_clean_for_the_defaults_and_every_option() {
+    let chart = chart_dir();
+    for (name, values) in option_sets() {
+        let file = values_file(&values);
+        let run = helm(&[
+            "lint",
+            "--strict",
+            path_str(&chart),
+            "--values",
+            path_str(file.path()),
+        ]);
+        let output = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            run.ok && !output.contains("[WARNING]") && !output.contains("[ERROR]"),
+            "helm lint --strict with option set {name:?} is not clean:\n{output}"
+        );
+    }
+}
+
+#[test]
+fn default_values_render_a_safe_highly_available_install() {
+    let r = render("");
+    let deployment = r.get("Deployment", "rel-rndc-warden");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    assert_eq!(pod["serviceAccountName"], "rel-rndc-warden");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = r.container();
+    assert_eq!(container["image"], "ghcr.io/firestoned/rndc-warden:0.1.0");
+    assert_eq!(container["args"], json!(["serve"]));
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert!(container["resources"]["requests"]["memory"].is_string());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "probes", "{probe}");
+    }
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let anti = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["podAffinityTerm"];
+    assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        anti["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "rel"
+    );
+    assert_eq!(
+        r.get("PodDisruptionBudget", "rel-rndc-warden")["spec"]["minAvailable"],
+        1
+    );
+
+    // Webhooks: safe defaults on all four (two per configuration).
+    let webhooks = r.webhooks();
+    assert_eq!(webhooks.len(), 4);
+    for hook in &webhooks {
+        let name = &hook["name"];
+        assert_eq!(hook["sideEffects"], "None", "{name}");
+        assert_eq!(hook["admissionReviewVersions"], json!(["v1"]), "{name}");
+        assert_eq!(hook["failurePolicy"], "Fail", "{name}");
+        assert_eq!(hook["timeoutSeconds"], 5, "{name}");
+        assert_eq!(
+            hook["namespaceSelector"]["matchExpressions"],
+            json!([{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [RELEASE_NS, "kube-system"]}]),
+            "{name}"
+        );
+        let service = &hook["clientConfig"]["service"];
+        assert_eq!(service["name"], "rel-rndc-warden", "{name}");
+        assert_eq!(service["namespace"], RELEASE_NS, "{name}");
+        assert_eq!(service["port"], 443, "{name}");
+        // No lookup under `helm template`: the leader injects it (self-managed).
+        assert!(hook["clientConfig"].get("caBundle").is_none(), "{name}");
+        assert!(hook.get("matchConditions").is_none(), "{name}");
+    }
+    let secret_hooks: Vec<_> = webhooks
+        .iter()
+        .filter(|h| h["rules"][0]["resources"] == json!(["secrets"]))
+        .collect();
+    assert_eq!(
+        secret_hooks.len(),
+        2,
+        "one Secret webhook per configuration"
+    );
+    for hook in secret_hooks {
+        assert_eq!(
+            hook["objectSelector"],
+            json!({"matchLabels": {"bindy.firestoned.io/rndc-key": "true"}})
+        );
+    }
+    for ((kind, name), path) in WEBHOOK_CONFIGS.iter().zip(["/mutate", "/validate"]) {
+        for hook in r.get(kind, name)["webhooks"].as_array().expect("webhooks") {
+            assert_eq!(hook["clientConfig"]["service"]["path"], path, "{name}");
+        }
+    }
+
+    // CRDs are installed and kept on uninstall.
+    let crds = r.all("CustomResourceDefinition");
+    assert_eq!(crds.len(), 3);
+    for crd in crds {
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+    }
+
+    // Least privilege: no exec, no cluster-wide write outside the rotator's needs.
+    let workload = r.rules("ClusterRole", "rel-rndc-warden");
+    assert!(!workload.contains(&rule("", "pods/exec", "create")));
+    assert!(workload.contains(&rule("", "secrets", "update")));
+    assert!(r.has("ClusterRoleBinding"));
+    let cluster = &r.get("ClusterRole", "rel-rndc-warden-cluster")["rules"];
+    assert_eq!(
+        (&cluster[1]["resourceNames"], &cluster[2]["resourceNames"]),
+        (
+            &json!(["rel-rndc-warden-mutating"]),
+            &json!(["rel-rndc-warden-validating"])
+        ),
+        "webhook configurations only by name"
+    );
+    let role = &r.get("Role", "rel-rndc-warden")["rules"];
+    assert_eq!(role[1]["resourceNames"], json!(["rel-rndc-warden-rotator"]));
+    assert_eq!(role[2]["resourceNames"], json!(["rel-rndc-warden-tls"]));
+}
+
+#[test]
+fn the_deployment_passes_the_self_managed_certificate_contract_to_the_binary() {
+    let r = render("");
+    let env = r.env();
+    let expect = |name: &str, value: &str| {
+        assert_eq!(
+            env.get(name).cloned().flatten().as_deref(),
+            Some(value),
+            "env {name}; all: {env:?}"
+        );
+    };
+    expect("RNDC_WARDEN_CERT_SECRET", "rel-rndc-warden-tls");
+    expect(
+        "RNDC_WARDEN_WEBHOOK_CONFIGS",
+        "rel-rndc-warden-mutating,rel-rndc-warden-validating",
+    );
+    expect(
+        "RNDC_WARDEN_CERT_DNS_NAMES",
+        "rel-rndc-warden,rel-rndc-warden.dns-system,rel-rndc-warden.dns-system.svc,rel-rndc-warden.dns-system.svc.cluster.local",
+    );
+    expect("RNDC_WARDEN_CERT_CA_LIFETIME", "730d");
+    expect("RNDC_WARDEN_CERT_LIFETIME", "90d");
+    expect("RNDC_WARDEN_CERT_PROPAGATION_DELAY", "30s");
+    expect("RNDC_WARDEN_CERT_CHECK_INTERVAL", "60s");
+    expect(
+        "RNDC_WARDEN_ROTATOR_USERNAME",
+        "system:serviceaccount:dns-system:rel-rndc-warden",
+    );
+    expect("RNDC_WARDEN_LEASE_NAME", "rel-rndc-warden-rotator");
+    expect("RNDC_WARDEN_RELOAD_STRATEGY", "rollout");
+    for from_downward_api in [
+        "RNDC_WARDEN_LEASE_NAMESPACE",
+        "RNDC_WARDEN_CERT_NAMESPACE",
+        "RNDC_WARDEN_IDENTITY",
+    ] {
+        assert_eq!(
+            env.get(from_downward_api),
+            Some(&None),
+            "{from_downward_api}"
+        );
+    }
+    // The certificate comes from the API, not from files: no TLS file flags, no volume.
+    assert!(!env.contains_key("RNDC_WARDEN_TLS_CERT") && !env.contains_key("RNDC_WARDEN_TLS_KEY"));
+    let pod = &r.get("Deployment", "rel-rndc-warden")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}])
+    );
+    // The Secret exists (empty, Opaque) before the binary fills it, so the ServiceAccount only
+    // needs get/update on it by name, and helm owns (and on uninstall removes) it.
+    let secret = r.get("Secret", "rel-rndc-warden-tls");
+    assert_eq!(secret["type"], "Opaque");
+    assert!(secret.get("data").is_none() && secret.get("stringData").is_none());
+}
+
+#[test]
+fn every_option_renders_what_it_promises() {
+    for (name, values) in option_sets() {
+        let r = render(&values);
+        let env = r.env();
+        let env_is =
+            |key: &str, value: &str| env.get(key).cloned().flatten().as_deref() == Some(value);
+        let webhooks = r.webhooks();
+        let workload = r.rules("ClusterRole", "rel-rndc-warden");
+        match name {
+            "defaults" => {}
+            "cert-manager" => {
+                for hook in &webhooks {
+                    assert!(hook["clientConfig"].get("caBundle").is_none(), "{name}");
+                }
+                for (kind, config) in WEBHOOK_CONFIGS {
+                    let annotation = &r.get(kind, config)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"];
+                    assert_eq!(annotation, "dns-system/rel-rndc-warden-serving", "{name}");
+                }
+                let cert = r.get("Certificate", "rel-rndc-warden-serving");
+                assert_eq!(cert["spec"]["secretName"], "rel-rndc-warden-tls");
+                assert_eq!(cert["spec"]["issuerRef"]["name"], "rel-rndc-warden-ca");
+                assert!(
+                    strings(&cert["spec"]["dnsNames"])
+                        .contains(&"rel-rndc-warden.dns-system.svc".to_owned())
+                );
+                assert_eq!(
+                    r.get("Certificate", "rel-rndc-warden-ca")["spec"]["isCA"],
+                    true
+                );
+                assert_eq!(r.all("Issuer").len(), 2, "self-signed root + CA issuer");
+                assert!(!r.has("Secret"), "cert-manager writes the Secret");
+                assert!(!env.contains_key("RNDC_WARDEN_CERT_SECRET"));
+                assert!(env_is(
+                    "RNDC_WARDEN_TLS_CERT",
+                    "/etc/rndc-warden/tls/tls.crt"
+                ));
+                let volume = &r.get("Deployment", "rel-rndc-warden")["spec"]["template"]["spec"]["volumes"]
+                    [1]["secret"];
+                assert_eq!(volume["secretName"], "rel-rndc-warden-tls");
+                let cluster = r.rules("ClusterRole", "rel-rndc-warden-cluster");
+                assert!(
+                    cluster
+                        .iter()
+                        .all(|(g, _, _)| g != "admissionregistration.k8s.io"),
+                    "no webhook-configuration rights without self-managed certificates"
+                );
+            }
+            "cert-manager-issuer" => {
+                assert!(!r.has("Issuer"), "{name}: the given issuer is used");
+                let issuer = &r.get("Certificate", "rel-rndc-warden-serving")["spec"]["issuerRef"];
+                assert_eq!(
+                    issuer,
+                    &json!({"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+                );
+            }
+            "provided" => {
+                for hook in &webhooks {
+                    let bundle = hook["clientConfig"]["caBundle"].as_str().expect("caBundle");
+                    let pem = base64::engine::general_purpose::STANDARD
+                        .decode(bundle)
+                        .expect("base64 caBundle");
+                    assert!(
+                        String::from_utf8_lossy(&pem).starts_with("-----BEGIN CERTIFICATE-----"),
+                        "{name}"
+                    );
+                }
+                let volume = &r.get("Deployment", "rel-rndc-warden")["spec"]["template"]["spec"]["volumes"]
+                    [1]["secret"];
+                assert_eq!(volume["secretName"], "my-webhook-tls");
+                assert!(env_is(
+                    "RNDC_WARDEN_TLS_KEY",
+                    "/etc/rndc-warden/tls/tls.key"
+                ));
+                assert!(
+                    volume.get("optional").is_none(),
+                    "a provided Secret must exist"
+                );
+                assert!(!r.has("Secret") && !r.has("Certificate"));
+            }
+            "signal" => {
+                assert!(
+                    workload.contains(&rule("", "pods/exec", "create")),
+                    "{name}"
+                );
+                assert!(workload.contains(&rule("", "pods", "list")), "{name}");
+                assert!(env_is("RNDC_WARDEN_RELOAD_STRATEGY", "signal"));
+                assert!(env_is(
+                    "RNDC_WARDEN_RELOAD_POD_SELECTOR",
+                    "app=dns,instance={instance}"
+                ));
+                assert!(env_is("RNDC_WARDEN_RELOAD_CONTAINER", "named"));
+            }
+            "service-monitor" => {
+                let monitor = r.get("ServiceMonitor", "rel-rndc-warden");
+                assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+                assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+                let service = r.get("Service", "rel-rndc-warden");
+                assert!(
+                    service["spec"]["ports"]
+                        .as_array()
+                        .expect("ports")
+                        .iter()
+                        .any(|p| p["name"] == "metrics"),
+                    "the Service exposes the metrics port"
+                );
+            }
+            "network-policy" => {
+                let policy = r.get("NetworkPolicy", "rel-rndc-warden");
+                let ingress = &policy["spec"]["ingress"];
+                assert_eq!(ingress[0]["ports"][0]["port"], "https");
+                assert!(ingress[0].get("from").is_none(), "the apiserver may call");
+                assert_eq!(
+                    ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                    "monitoring"
+                );
+            }
+            "crds-off" => {
+                assert!(!r.has("CustomResourceDefinition"), "{name}");
+            }
+            "match-conditions" => {
+                for hook in &webhooks {
+                    assert_eq!(
+                        hook["matchConditions"][0]["name"], "not-garbage-collector",
+                        "{name}: on every webhook"
+                    );
+                }
+            }
+            "url" => {
+                for ((kind, config), path) in
+                    WEBHOOK_CONFIGS.into_iter().zip(["mutate", "validate"])
+                {
+                    for hook in r.get(kind, config)["webhooks"]
+                        .as_array()
+                        .expect("webhooks")
+                    {
+                        assert_eq!(
+                            hook["clientConfig"],
+                            json!({"url": format!("https://127.0.0.1:8443/{path}")}),
+                            "{name}"
+                        );
+                        assert_eq!(hook["failurePolicy"], "Ignore");
+                        assert_eq!(hook["timeoutSeconds"], 3);
+                    }
+                }
+            }
+            "watch-namespaces" => {
+                assert!(env_is("RNDC_WARDEN_WATCH_NAMESPACES", "dns-a,dns-b"));
+                let bindings: Vec<_> = r
+                    .all("RoleBinding")
+                    .into_iter()
+                    .filter(|b| {
+                        b["roleRef"]["name"] == "rel-rndc-warden"
+                            && b["roleRef"]["kind"] == "ClusterRole"
+                    })
+                    .map(|b| {
+                        b["metadata"]["namespace"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
+                    .collect();
+                assert_eq!(bindings, ["dns-a", "dns-b"], "{name}");
+                assert!(
+                    r.all("ClusterRoleBinding")
+                        .iter()
+                        .all(|b| b["roleRef"]["name"] != "rel-rndc-warden"),
+                    "{name}: the workload role is not bound cluster-wide"
+                );
+                for hook in &webhooks {
+                    assert_eq!(
+                        hook["namespaceSelector"]["matchLabels"],
+                        json!({"rndc-warden": "enabled"})
+                    );
+                    assert_eq!(
+                        hook["namespaceSelector"]["matchExpressions"][0]["values"],
+                        json!([RELEASE_NS, "kube-system"]),
+                        "{name}: the exclusion stays"
+                    );
+                }
+            }
+            "admission-only" => {
+                assert!(!r.has("PodDisruptionBudget"));
+                assert!(env_is("RNDC_WARDEN_ROTATION", "false"));
+                assert_eq!(
+                    workload,
+                    BTreeSet::from(["get", "list", "watch"].map(|v| rule(
+                        "bindy.firestoned.io",
+                        "bind9clusters",
+                        v
+                    )))
+                    .union(&BTreeSet::from(["get", "list", "watch"].map(|v| rule(
+                        "bindy.firestoned.io",
+                        "bind9instances",
+                        v
+                    ))))
+                    .cloned()
+                    .collect(),
+                    "{name}: read-only Bindy objects"
+                );
+                let role = r.rules("Role", "rel-rndc-warden");
+                assert!(
+                    role.iter().all(|(g, _, _)| g != "coordination.k8s.io"),
+                    "{name}: no Lease"
+                );
+            }
+            "policy-and-scheduling" => {
+                assert!(env_is(
+                    "RNDC_WARDEN_DENY_ALGORITHMS",
+                    "hmac-md5,hmac-sha1,hmac-sha224"
+                ));
+                assert!(env_is("RNDC_WARDEN_DEFAULT_ROTATE_AFTER", "30d"));
+                assert!(env_is("RNDC_WARDEN_DEFAULT_ALGORITHM", "hmac-sha512"));
+                assert!(env_is("RNDC_WARDEN_DEFAULT_AUTO_ROTATE", "true"));
+                assert!(env_is("RNDC_WARDEN_REQUIRE_AUTO_ROTATE", "true"));
+                assert!(env_is(
+                    "RNDC_WARDEN_SECRET_NAME_TEMPLATE",
+                    "{instance}-rndc-key"
+                ));
+                assert!(
+                    env_is("RNDC_WARDEN_CLIENT_QPS", "20"),
+                    "extraEnv is appended"
+                );
+                let pod = &r.get("Deployment", "rel-rndc-warden")["spec"]["template"]["spec"];
+                assert!(r.container()["image"].as_str().is_some_and(|i| i.ends_with(
+                    "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                )));
+                assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+                assert_eq!(pod["imagePullSecrets"], json!([{"name": "regcred"}]));
+                assert_eq!(pod["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
+                assert!(pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].is_array());
+                let pdb = &r.get("PodDisruptionBudget", "rel-rndc-warden")["spec"];
+                assert_eq!(pdb["maxUnavailable"], 1);
+                assert!(pdb.get("minAvailable").is_none());
+            }
+            "policy-allow-all" => {
+                assert!(env_is("RNDC_WARDEN_ALLOW_ALL_ALGORITHMS", "true"));
+                assert!(
+                    !env.contains_key("RNDC_WARDEN_DENY_ALGORITHMS"),
+                    "the two flags conflict; only one is passed"
+                );
+            }
+            other => panic!("option set {other:?} has no checks"),
+        }
+    }
+}
+
+#[test]
+fn values_that_violate_the_schema_are_rejected_with_a_clear_message() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "replicas: 3\n",
+            "additional properties 'replicas' not allowed",
+        ),
+        ("replicaCount: 0\n", "/replicaCount"),
+        (
+            "webhook:\n  failurePolicy: Sometimes\n",
+            "at '/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'",
+        ),
+        (
+            "webhook:\n  timeoutSeconds: 60\n",
+            "at '/webhook/timeoutSeconds': maximum: got 60, want 30",
+        ),
+        (
+            "webhook:\n  objectSelector:\n    matchLabels: null\n",
+            "at '/webhook/objectSelector': minProperties",
+        ),
+        (
+            "webhook:\n  url: http://insecure.example:80\n",
+            "at '/webhook/url'",
+        ),
+        (
+            "certificates:\n  mode: vault\n",
+            "at '/certificates/mode': value must be one of 'self-managed', 'cert-manager', 'provided'",
+        ),
+        (
+            "certificates:\n  mode: provided\n",
+            "at '/certificates/secretName': minLength",
+        ),
+        (
+            "certificates:\n  mode: provided\n  secretName: x\n  provided:\n    caBundle: not-a-pem\n",
+            "at '/certificates/provided/caBundle'",
+        ),
+        (
+            "reload:\n  strategy: kill\n",
+            "at '/reload/strategy': value must be one of 'rollout', 'signal'",
+        ),
+        (
+            "policy:\n  defaultRotateAfter: 30m\n",
+            "at '/policy/defaultRotateAfter'",
+        ),
+        (
+            "policy:\n  denyAlgorithms: [hmac-md4]\n",
+            "at '/policy/denyAlgorithms/0'",
+        ),
+        (
+            "policy:\n  secretNameTemplate: rndc\n",
+            "at '/policy/secretNameTemplate'",
+        ),
+        (
+            "rotation:\n  leaderElection: false\n",
+            "at '/rotation/leaderElection': value must be true",
+        ),
+        (
+            "watchNamespaces: [Not_A_Namespace]\n",
+            "at '/watchNamespaces/0'",
+        ),
+        ("crds:\n  install: \"yes\"\n", "at '/crds/install'"),
+    ];
+    for (values, expected) in cases {
+        match try_render("rel", RELEASE_NS, values) {
+            Ok(_) => panic!("values were accepted but must be rejected:\n{values}"),
+            Err(message) => assert!(
+                message.contains("values don't meet the specifications of the schema")
+                    && message.contains(expected),
+                "values:\n{values}\nexpected a message containing {expected:?}, got:\n{message}"
+            ),
+        }
+    }
+}
+
+/// The plain manifests: file name and the values they are rendered with (release `rndc-warden`
+/// in namespace `rndc-warden`).
+const PLAIN_MANIFESTS: &[(&str, &str)] = &[
+    ("rndc-warden.yaml", ""),
+    ("rndc-warden-without-crds.yaml", "crds:\n  install: false\n"),
+];
+
+fn plain_manifest(values: &str) -> String {
+    let rendered = try_render("rndc-warden", "rndc-warden", values)
+        .unwrap_or_else(|e| panic!("helm template failed: {e}"));
+    format!(
+        "# Generated from charts/rndc-warden with `helm template rndc-warden charts/rndc-warden \
+         --namespace rndc-warden`\n# ({}); do not edit. Regenerate: UPDATE_MANIFESTS=1 cargo test --test chart\n\
+         ---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: rndc-warden\n{rendered}",
+        if values.is_empty() {
+            "default values".to_owned()
+        } else {
+            format!("values: {}", values.trim().replace('\n', " "))
+        }
+    )
+}
+
+#[test]
+fn plain_manifests_and_the_chart_crds_are_up_to_date() {
+    let update = std::env::var_os("UPDATE_MANIFESTS").is_some();
+    let chart_crds = chart_dir().join("files/crds.yaml");
+    let generated = rndc_warden::api::crd_yaml();
+    if update {
+        std::fs::write(&chart_crds, &generated).expect("chart CRDs written");
+    }
+    assert!(
+        std::fs::read_to_string(&chart_crds).unwrap_or_default() == generated,
+        "charts/rndc-warden/files/crds.yaml differs from `rndc-warden crdgen`; \
+         regenerate with UPDATE_MANIFESTS=1 cargo test --test chart"
+    );
+    for (file, values) in PLAIN_MANIFESTS {
+        let path = root().join("deploy/manifests").join(file);
+        let expected = plain_manifest(values);
+        if update {
+            std::fs::create_dir_all(path.parent().expect("dir")).expect("deploy/manifests");
+            std::fs::write(&path, &expected).expect("manifest written");
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == expected,
+            "deploy/manifests/{file} is stale (the chart changed); regenerate with \
+             UPDATE_MANIFESTS=1 cargo test --test chart"
+        );
+    }
+}
