@@ -32,7 +32,7 @@ pub enum Lookup<T> {
 struct Stores {
     instances: Vec<Store<Bind9Instance>>,
     clusters: Vec<Store<Bind9Cluster>>,
-    providers: Store<ClusterBind9Provider>,
+    providers: Option<Store<ClusterBind9Provider>>,
 }
 
 /// Watch caches of `Bind9Instance`, `Bind9Cluster` and `ClusterBind9Provider`, or nothing when
@@ -83,7 +83,9 @@ impl ClusterCache {
     }
 
     /// Starts watching `namespaces` (all when empty). Readiness is set once every store listed.
-    pub fn start(
+    /// `ClusterBind9Provider` is watched only when its CRD is installed (clusters that run only
+    /// the namespaced kinds must still become ready).
+    pub async fn start(
         client: Client,
         namespaces: &[String],
         readiness: Arc<Readiness>,
@@ -112,8 +114,27 @@ impl ClusterCache {
             clusters.push(store);
             tasks.push(task);
         }
-        let (providers, task) = reflect::<ClusterBind9Provider>(Api::all(client), stop());
-        tasks.push(task);
+        let has_providers = match client
+            .list_api_group_resources(crate::api::API_VERSION)
+            .await
+        {
+            Ok(list) => list
+                .resources
+                .iter()
+                .any(|resource| resource.name == "clusterbind9providers"),
+            Err(error) => {
+                tracing::warn!(%error, "API discovery failed; assuming ClusterBind9Provider is installed");
+                true
+            }
+        };
+        let providers = if has_providers {
+            let (store, task) = reflect::<ClusterBind9Provider>(Api::all(client), stop());
+            tasks.push(task);
+            Some(store)
+        } else {
+            tracing::info!("ClusterBind9Provider is not installed; not watching it");
+            None
+        };
         let stores = Arc::new(Stores {
             instances,
             clusters,
@@ -129,7 +150,9 @@ impl ClusterCache {
                 for store in &waiting.clusters {
                     let _ = store.wait_until_ready().await;
                 }
-                let _ = waiting.providers.wait_until_ready().await;
+                if let Some(providers) = &waiting.providers {
+                    let _ = providers.wait_until_ready().await;
+                }
                 tracing::info!("watch caches synced");
                 readiness.set_caches_synced();
             };
@@ -169,7 +192,7 @@ impl ClusterCache {
             stores: Some(Arc::new(Stores {
                 instances: vec![filled(instances)],
                 clusters: vec![filled(clusters)],
-                providers: filled(providers),
+                providers: Some(filled(providers)),
             })),
         }
     }
@@ -190,7 +213,7 @@ impl ClusterCache {
             return Lookup::Found(Arc::new(ClusterRefTarget::Cluster(found)));
         }
         let key = ObjectRef::<ClusterBind9Provider>::new(name);
-        match stores.providers.get(&key) {
+        match stores.providers.as_ref().and_then(|store| store.get(&key)) {
             Some(found) => Lookup::Found(Arc::new(ClusterRefTarget::Provider(found))),
             None => Lookup::Missing,
         }

@@ -47,12 +47,8 @@ pub struct RotationArgs {
     /// replica (every write is still fenced by resourceVersion).
     #[arg(long, env = "RNDC_WARDEN_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
     pub leader_election: bool,
-    /// Namespace of the Lease (normally the namespace rndc-warden runs in).
-    #[arg(
-        long,
-        env = "RNDC_WARDEN_LEASE_NAMESPACE",
-        default_value = "rndc-warden"
-    )]
+    /// Namespace of the Lease; empty means `POD_NAMESPACE`, else the client's default namespace.
+    #[arg(long, env = "RNDC_WARDEN_LEASE_NAMESPACE", default_value = "")]
     pub lease_namespace: String,
     /// Name of the Lease.
     #[arg(long, env = "RNDC_WARDEN_LEASE_NAME", default_value = DEFAULT_LEASE_NAME)]
@@ -102,7 +98,7 @@ impl Default for RotationArgs {
         Self {
             enabled: true,
             leader_election: true,
-            lease_namespace: "rndc-warden".to_owned(),
+            lease_namespace: String::new(),
             lease_name: DEFAULT_LEASE_NAME.to_owned(),
             lease_duration: Duration::from_secs(15),
             lease_grace: Duration::from_secs(5),
@@ -265,6 +261,13 @@ pub async fn run_with_keys(
     keys: Arc<dyn KeySource>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let mut args = args;
+    if args.lease_namespace.is_empty() {
+        args.lease_namespace = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+    }
     args.validate()?;
     let identity = args.identity();
     let caches = Caches::start(&client, &args.namespaces);

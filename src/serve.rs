@@ -18,6 +18,7 @@ use crate::cache::ClusterCache;
 use crate::config::PolicyArgs;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::probe::{self, Readiness};
+use crate::rotation::RotationArgs;
 use crate::serving_cert::{SelfManagedCertArgs, SelfManagedCerts};
 
 /// Flags of `serve`.
@@ -79,6 +80,9 @@ pub struct ServeArgs {
     /// Self-managed serving certificates (Secret + caBundle).
     #[command(flatten)]
     pub certs: SelfManagedCertArgs,
+    /// The rotator (leader-elected; runs when cluster credentials are found).
+    #[command(flatten)]
+    pub rotation: RotationArgs,
 }
 
 /// Parses `500ms`, `10s`, `5m`, `1h` or `90d`.
@@ -96,8 +100,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number * 60)),
         "h" => Ok(Duration::from_secs(number * 3600)),
+        "d" => Ok(Duration::from_secs(number * 86_400)),
         _ => Err(format!(
-            "{text:?} has unknown unit {unit:?}; use ms, s, m or h"
+            "{text:?} has unknown unit {unit:?}; use ms, s, m, h or d"
         )),
     }
 }
@@ -226,6 +231,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(ReloadingTls::load(files).context("loading the serving certificate")?)
         }
     };
+    if let Some(client) = &client {
+        if args.rotation.enabled {
+            let mut rotation = args.rotation.clone();
+            rotation.namespaces = args.watch_namespaces.clone();
+            let rotator = crate::rotation::run(
+                client.clone(),
+                rotation,
+                policy_config.clone(),
+                metrics.clone(),
+                stop_signal(),
+            );
+            tasks.spawn(async move {
+                match rotator.await {
+                    Ok(()) => tracing::info!("rotator stopped"),
+                    Err(error) => tracing::error!(%error, "the rotator failed"),
+                }
+            });
+            tracing::info!("rotator started (leader-elected)");
+        } else {
+            tracing::info!("--rotation false: admission only, rotator off");
+        }
+    }
     let cache = match client {
         Some(client) => {
             tracing::info!("cluster credentials found: starting watch caches");
@@ -234,7 +261,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 &args.watch_namespaces,
                 readiness.clone(),
                 &stop_signal,
-            );
+            )
+            .await;
             for task in started.tasks {
                 tasks.spawn(task);
             }
@@ -331,6 +359,10 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(
+            parse_duration("730d"),
+            Ok(Duration::from_secs(730 * 86_400))
+        );
         assert!(
             parse_duration("10")
                 .expect_err("no unit")
@@ -341,5 +373,16 @@ mod tests {
                 .expect_err("bad unit")
                 .contains("unknown unit")
         );
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::Parser as _;
+
+    #[test]
+    fn serve_parses_with_no_flags_so_every_default_is_valid() {
+        let cli = crate::cli::Cli::try_parse_from(["rndc-warden", "serve"]);
+        assert!(cli.is_ok(), "{:?}", cli.err());
     }
 }

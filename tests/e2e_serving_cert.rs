@@ -84,7 +84,13 @@ async fn certificates_are_injected_and_renewed_without_failed_admission_calls() 
     let log = dir.path().join("serve.log");
     let _warden = Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_rndc-warden"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "serve",
+                "--rotation",
+                "false",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .args(["--probe-listen", &format!("127.0.0.1:{}", free_port())])
             .args(["--watch-namespace", env.ns.name()])
             .args([
