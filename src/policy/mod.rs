@@ -41,7 +41,7 @@ pub use rndc_key::{
 pub use schedule::{
     AuditFinding, KeyAnnotations, OVERDUE_GRACE, RATE_LIMIT, RotateReason, RotationPlan,
     SecretAction, Verdict, audit, format_time, key_revision, parse_time, plan_rotation,
-    rotation_annotations, rotation_status, same_revision,
+    plan_rotation_continuing, rotation_annotations, rotation_status, same_revision,
 };
 pub use settings::{
     ConfigError, DEFAULT_ROTATOR_USERNAME, DEFAULT_SECRET_NAME_TEMPLATE, PolicyConfig,

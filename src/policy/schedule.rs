@@ -240,12 +240,28 @@ pub fn key_revision(secret: &Secret) -> Option<String> {
 }
 
 /// Decides what the rotator does for an instance whose effective configuration is `config` and
-/// whose Secret (looked up by `config.secret_name`) is `secret`.
+/// whose Secret (looked up by `config.secret_name`) is `secret`. The same as
+/// [`plan_rotation_continuing`] with no earlier rotation count known.
 pub fn plan_rotation(
     config: &EffectiveKeyConfig,
     secret: Option<&Secret>,
     now: DateTime<Utc>,
     cfg: &PolicyConfig,
+) -> RotationPlan {
+    plan_rotation_continuing(config, secret, now, cfg, None)
+}
+
+/// [`plan_rotation`] for a Secret whose earlier rotation count may be known from elsewhere
+/// (`known_count`, e.g. the instance status' `rotationCount`). A missing managed Secret that had
+/// a key before (a count is known) is re-provisioned as the next rotation (`known_count + 1`)
+/// instead of restarting the count at 0, which would erase the audit trail (upstream resets it,
+/// `reference/upstream-bindy.md` §9.4). The count never feeds the schedule.
+pub fn plan_rotation_continuing(
+    config: &EffectiveKeyConfig,
+    secret: Option<&Secret>,
+    now: DateTime<Utc>,
+    cfg: &PolicyConfig,
+    known_count: Option<u32>,
 ) -> RotationPlan {
     let interval = config.rotate_after.as_time_delta();
     let secret_name = config.secret_name.clone();
@@ -258,7 +274,8 @@ pub fn plan_rotation(
                 roll_unmarked: false,
             };
         }
-        let annotations = rotation_annotations(now, 0, config.rotates().then_some(interval));
+        let count = known_count.map_or(0, |c| c.saturating_add(1));
+        let annotations = rotation_annotations(now, count, config.rotates().then_some(interval));
         return RotationPlan {
             action: SecretAction::Provision {
                 secret_name,
@@ -306,12 +323,15 @@ pub fn plan_rotation(
             roll_unmarked: true,
         }
     };
-    if !findings.denials.is_empty() && facts.algorithm.is_none_or(|a| a == config.algorithm) {
-        return rotate(RotateReason::Repair);
+    // Unusable or denied key data is replaced at once: the rate limit protects working keys.
+    if !findings.denials.is_empty() {
+        return rotate(if facts.algorithm.is_none_or(|a| a == config.algorithm) {
+            RotateReason::Repair
+        } else {
+            RotateReason::AlgorithmChanged
+        });
     }
-    if facts.algorithm.is_some_and(|a| a != config.algorithm) {
-        return rotate(RotateReason::AlgorithmChanged);
-    }
+    let algorithm_changed = facts.algorithm.is_some_and(|a| a != config.algorithm);
 
     // A Secret without (valid) created-at is adopted: its age is its creation time.
     let (created_at, mut set) = match annotations.created_at {
@@ -330,10 +350,16 @@ pub fn plan_rotation(
             (created, set)
         }
     };
+    let future = created_at > now;
+    let rate_limited = !future && now < created_at + RATE_LIMIT;
+    // A valid key of another algorithm is replaced too, but not within the rate limit (an
+    // algorithm edit right after a rotation waits for the end of the hour, like any rotation).
+    if algorithm_changed && !rate_limited {
+        return rotate(RotateReason::AlgorithmChanged);
+    }
+    let rate_limit_ends = (algorithm_changed && rate_limited).then_some(created_at + RATE_LIMIT);
     if config.rotates() {
         let due_at = created_at + interval;
-        let future = created_at > now;
-        let rate_limited = !future && now < created_at + RATE_LIMIT;
         if (now >= due_at || future) && !rate_limited {
             return rotate(RotateReason::Due);
         }
@@ -342,6 +368,7 @@ pub fn plan_rotation(
         } else {
             due_at
         };
+        let next_wake = rate_limit_ends.map_or(next_wake, |end| end.min(next_wake));
         if annotations.rotate_at != Some(due_at) {
             set.insert(ANNOTATION_ROTATE_AT.to_owned(), format_time(due_at));
         }
@@ -402,7 +429,7 @@ pub fn plan_rotation(
     RotationPlan {
         action,
         marker,
-        next_wake: None,
+        next_wake: rate_limit_ends,
         roll_unmarked: annotations.rotation_count > 0,
     }
 }

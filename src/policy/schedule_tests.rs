@@ -367,3 +367,80 @@ fn times_are_written_with_z_and_read_with_any_offset() {
     assert_eq!(at("2026-01-27T16:04:05+01:00"), at("2026-01-27T15:04:05Z"));
     assert_eq!(parse_time("2026-13-01T00:00:00Z"), None);
 }
+
+#[test]
+fn a_changed_algorithm_waits_for_the_end_of_the_rate_limit() {
+    let s = secret(
+        Algorithm::HmacSha512,
+        &[(CREATED, "2026-03-01T11:30:00Z"), (COUNT, "2")],
+    );
+    for auto_rotate in [false, true] {
+        let p = plan(&config(auto_rotate, "30d"), Some(&s));
+        assert!(
+            !matches!(p.action, SecretAction::Rotate { .. }),
+            "autoRotate {auto_rotate}: {:?}",
+            p.action
+        );
+        assert_eq!(p.next_wake, Some(at("2026-03-01T12:30:00Z")));
+        assert!(
+            !p.needs_roll(Some("2026-03-01T11:30:00Z")),
+            "no rollout while waiting"
+        );
+    }
+    let later = plan_rotation(
+        &config(false, "30d"),
+        Some(&s),
+        at("2026-03-01T12:30:00Z"),
+        &PolicyConfig::default(),
+    );
+    assert!(matches!(
+        later.action,
+        SecretAction::Rotate {
+            reason: RotateReason::AlgorithmChanged,
+            rotation: 3,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_denied_stored_algorithm_is_replaced_at_once_even_within_the_hour() {
+    let s = secret(
+        Algorithm::HmacSha1,
+        &[(CREATED, "2026-03-01T11:30:00Z"), (COUNT, "0")],
+    );
+    assert!(matches!(
+        plan(&config(false, "30d"), Some(&s)).action,
+        SecretAction::Rotate {
+            reason: RotateReason::AlgorithmChanged,
+            rotation: 1,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_reprovisioned_secret_continues_the_known_count() {
+    let cfg = PolicyConfig::default();
+    let provisioned =
+        |known| match plan_rotation_continuing(&config(true, "30d"), None, now(), &cfg, known)
+            .action
+        {
+            SecretAction::Provision { annotations, .. } => annotations[COUNT].clone(),
+            other => panic!("expected Provision, got {other:?}"),
+        };
+    assert_eq!(provisioned(None), "0", "a first key starts at 0");
+    assert_eq!(
+        provisioned(Some(0)),
+        "1",
+        "replacing the first key is rotation #1"
+    );
+    assert_eq!(provisioned(Some(4)), "5");
+    assert_eq!(provisioned(Some(u32::MAX)), u32::MAX.to_string());
+    // The known count only matters when the Secret is missing.
+    let s = annotated("2026-02-20T00:00:00Z", "2", Some("2026-03-22T00:00:00Z"));
+    assert_eq!(
+        plan_rotation_continuing(&config(true, "30d"), Some(&s), now(), &cfg, Some(9)),
+        plan(&config(true, "30d"), Some(&s))
+    );
+}

@@ -2,8 +2,9 @@
 //! configuration governs it, and the Secret objects a [`RotationPlan`] turns into.
 //!
 //! Every decision (due time, rate limit, provisioning, repair, markers, status values) is the
-//! policy's ([`plan_rotation`], [`rotation_status`]); nothing here talks to Kubernetes, reads a
-//! clock or draws random bytes, so every pass re-derives the whole decision from the cluster.
+//! policy's ([`plan_rotation_continuing`], [`rotation_status`]); nothing here talks to Kubernetes,
+//! reads a clock or draws random bytes, so every pass re-derives the whole decision from the
+//! cluster.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +22,7 @@ use crate::api::{
 };
 use crate::policy::{
     EffectiveKeyConfig, KeySecretData, Management, PolicyConfig, RotationPlan, key_facts,
-    plan_rotation,
+    plan_rotation_continuing,
 };
 
 /// `now` truncated to whole seconds: times are stored and compared at the precision they are
@@ -41,6 +42,10 @@ pub struct SecretUser {
     pub config: EffectiveKeyConfig,
     /// The inline Secret spec, when the mode is inline.
     pub inline: Option<InlineSecret>,
+    /// The rotation count the instance status last recorded (the larger of
+    /// `rndcKeyRotationStatus` and upstream's `rndcKeyRotation`): a re-provisioned Secret
+    /// continues from it. Never used for scheduling.
+    pub known_count: Option<u32>,
 }
 
 impl SecretUser {
@@ -55,11 +60,18 @@ impl SecretUser {
             Management::Inline => inline,
             _ => None,
         };
+        let known_count = instance.status.as_ref().and_then(|s| {
+            [&s.rndc_key_rotation_status, &s.rndc_key_rotation]
+                .into_iter()
+                .filter_map(|block| block.as_ref().and_then(|b| b.rotation_count))
+                .max()
+        });
         Self {
             instance: instance.name_any(),
             uid: instance.metadata.uid.clone(),
             config,
             inline,
+            known_count,
         }
     }
 }
@@ -78,7 +90,7 @@ pub fn governing(users: &[SecretUser]) -> Option<&SecretUser> {
         .copied()
 }
 
-/// Plans one Secret from the instances that use it, with the policy's [`plan_rotation`] on the
+/// Plans one Secret from the instances that use it, with the policy's [`plan_rotation_continuing`] on the
 /// governing user's configuration. `Err` carries a reason why nothing may be done (never key
 /// material): the governing configuration asks for an algorithm the policy denies, which would
 /// otherwise be generated and then "repaired" on every pass.
@@ -100,7 +112,14 @@ pub fn plan_secret(
             cfg.allowed_algorithms_hint()
         ));
     }
-    Ok(plan_rotation(&governor.config, secret, now, cfg))
+    let known_count = users.iter().filter_map(|u| u.known_count).max();
+    Ok(plan_rotation_continuing(
+        &governor.config,
+        secret,
+        now,
+        cfg,
+        known_count,
+    ))
 }
 
 /// The Secret to create for a [`crate::policy::SecretAction::Provision`]: the policy's
@@ -403,6 +422,35 @@ mod tests {
         )
         .expect("plans");
         assert_eq!(plan.next_wake, Some(created + TimeDelta::days(30)));
+    }
+
+    #[test]
+    fn a_reprovisioned_secret_continues_the_count_recorded_in_the_status() {
+        let mut a = instance("a", Some(rotating("30d", "hmac-sha256")));
+        let b = instance("b", Some(rotating("30d", "hmac-sha256")));
+        let provisioned_count =
+            |users: &[SecretUser]| match plan_secret(users, None, &PolicyConfig::default(), now())
+                .expect("plans")
+                .action
+            {
+                crate::policy::SecretAction::Provision { annotations, .. } => {
+                    annotations[ANNOTATION_ROTATION_COUNT].clone()
+                }
+                other => panic!("expected Provision, got {other:?}"),
+            };
+        assert_eq!(provisioned_count(&[user(&a)]), "0");
+        let block = |count| RndcKeyRotationStatus {
+            created_at: format_time(now()),
+            rotation_count: Some(count),
+            ..RndcKeyRotationStatus::default()
+        };
+        a.status = Some(Bind9InstanceStatus {
+            rndc_key_rotation_status: Some(block(2)),
+            rndc_key_rotation: Some(block(3)),
+            ..Bind9InstanceStatus::default()
+        });
+        assert_eq!(user(&a).known_count, Some(3));
+        assert_eq!(provisioned_count(&[user(&b), user(&a)]), "4");
     }
 
     #[test]
