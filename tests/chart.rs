@@ -12,12 +12,15 @@
 //!   webhook configuration behind.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use rndc_warden_testkit::Binaries;
+use rndc_warden_testkit::namespace::mint_token;
+use rndc_warden_testkit::{Binaries, Identity, TestEnv, TestNamespace};
 use serde_json::{Value, json};
 
 const RELEASE_NS: &str = "dns-system";
@@ -418,16 +421,13 @@ fn default_values_render_a_safe_highly_available_install() {
     assert!(r.has("ClusterRoleBinding"));
     let cluster = &r.get("ClusterRole", "rel-rndc-warden-cluster")["rules"];
     assert_eq!(
-        (&cluster[1]["resourceNames"], &cluster[2]["resourceNames"]),
-        (
-            &json!(["rel-rndc-warden-mutating"]),
-            &json!(["rel-rndc-warden-validating"])
-        ),
+        cluster[1]["resourceNames"],
+        json!(["rel-rndc-warden-mutating", "rel-rndc-warden-validating"]),
         "webhook configurations only by name"
     );
     let role = &r.get("Role", "rel-rndc-warden")["rules"];
     assert_eq!(role[1]["resourceNames"], json!(["rel-rndc-warden-rotator"]));
-    assert_eq!(role[2]["resourceNames"], json!(["rel-rndc-warden-tls"]));
+    assert_eq!(role[3]["resourceNames"], json!(["rel-rndc-warden-tls"]));
 }
 
 #[test]
@@ -478,11 +478,8 @@ fn the_deployment_passes_the_self_managed_certificate_contract_to_the_binary() {
         pod["volumes"],
         json!([{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}])
     );
-    // The Secret exists (empty, Opaque) before the binary fills it, so the ServiceAccount only
-    // needs get/update on it by name, and helm owns (and on uninstall removes) it.
-    let secret = r.get("Secret", "rel-rndc-warden-tls");
-    assert_eq!(secret["type"], "Opaque");
-    assert!(secret.get("data").is_none() && secret.get("stringData").is_none());
+    // The binary creates the Secret; a rendered one would be reset by every `helm upgrade`.
+    assert!(!r.has("Secret"), "the certificate Secret is not rendered");
 }
 
 #[test]
@@ -516,7 +513,6 @@ fn every_option_renders_what_it_promises() {
                     true
                 );
                 assert_eq!(r.all("Issuer").len(), 2, "self-signed root + CA issuer");
-                assert!(!r.has("Secret"), "cert-manager writes the Secret");
                 assert!(!env.contains_key("RNDC_WARDEN_CERT_SECRET"));
                 assert!(env_is(
                     "RNDC_WARDEN_TLS_CERT",
@@ -855,4 +851,841 @@ fn plain_manifests_and_the_chart_crds_are_up_to_date() {
              UPDATE_MANIFESTS=1 cargo test --test chart"
         );
     }
+}
+
+// === Against the apiserver ===
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Runs `helm` against the test control plane and insists that it succeeds.
+async fn cluster_helm(env: &TestEnv, args: &[&str]) -> String {
+    let out = env.cp.helm(args).await.expect("helm runs");
+    assert!(
+        out.success(),
+        "`{}` failed:\n{}\n{}",
+        out.command,
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+/// Objects of one option set, minus kinds whose CRDs this control plane does not have.
+fn servable(values: &str, namespace: &str) -> (String, Vec<String>) {
+    let yaml = try_render("rel", namespace, values).expect("renders");
+    let mut skipped = Vec::new();
+    let kept: Vec<&str> = yaml
+        .split("\n---\n")
+        .filter(|doc| {
+            let foreign = doc.contains("apiVersion: cert-manager.io/")
+                || doc.contains("apiVersion: monitoring.coreos.com/");
+            // The CRDs are the generated ones (tests/crd_fresh.rs); a concurrent `helm install`
+            // in this control plane owns them.
+            if doc.contains("kind: CustomResourceDefinition") {
+                return false;
+            }
+            if foreign {
+                skipped.push(
+                    doc.lines()
+                        .find(|l| l.starts_with("kind:"))
+                        .unwrap_or("?")
+                        .to_owned(),
+                );
+            }
+            !foreign
+        })
+        .collect();
+    (kept.join("\n---\n"), skipped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_option_set_is_accepted_by_the_apiserver() {
+    let env = TestEnv::new("chart-dry-run").await.expect("test env");
+    // The namespaces the "watch-namespaces" option set binds roles in.
+    for namespace in ["dns-a", "dns-b"] {
+        let out = env
+            .cp
+            .kubectl(["create", "namespace", namespace])
+            .await
+            .expect("kubectl runs");
+        assert!(
+            out.success() || out.stderr.contains("AlreadyExists"),
+            "{}",
+            out.stderr
+        );
+    }
+    for (name, values) in option_sets() {
+        let (manifest, skipped) = servable(&values, env.ns.name());
+        let out = env
+            .cp
+            .kubectl_as(
+                env.cp.kubeconfig_path(),
+                ["apply", "--dry-run=server", "-f", "-"],
+                Some(manifest.as_bytes()),
+            )
+            .await
+            .expect("kubectl runs");
+        assert!(
+            out.success(),
+            "option set {name:?} is rejected by the apiserver (skipped {skipped:?}):\n{}",
+            out.stderr
+        );
+        if name == "cert-manager" {
+            assert_eq!(
+                skipped.len(),
+                4,
+                "only the cert-manager objects are left out: {skipped:?}"
+            );
+        }
+    }
+}
+
+/// The real binary, started with the env of the installed Deployment; killed on drop.
+struct Warden {
+    child: std::process::Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Warden {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Warden {
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `rndc-warden serve` as the Deployment's container would: its env (downward API
+    /// fields resolved for a pod named `pod` in `namespace`), with the listeners on loopback.
+    async fn start_like_the_deployment(
+        deployment: &Value,
+        namespace: &str,
+        kubeconfig: &Path,
+        port: u16,
+        probe: u16,
+    ) -> Warden {
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("serve.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rndc-warden"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RNDC_WARDEN_") {
+                command.env_remove(key);
+            }
+        }
+        for var in container["env"].as_array().expect("env") {
+            let name = var["name"].as_str().expect("name");
+            let value = match (
+                &var["value"],
+                var["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+            ) {
+                (Value::String(v), _) => v.clone(),
+                (_, Some("metadata.namespace")) => namespace.to_owned(),
+                (_, Some("metadata.name")) => "rndc-warden-local-0".to_owned(),
+                other => panic!("env {name}: unsupported source {other:?}"),
+            };
+            command.env(name, value);
+        }
+        command
+            .env("RNDC_WARDEN_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RNDC_WARDEN_PROBE_LISTEN", format!("127.0.0.1:{probe}"))
+            .env("KUBECONFIG", kubeconfig)
+            .args(strings(&container["args"]))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let child = command.spawn().expect("spawn rndc-warden");
+        let warden = Warden {
+            child,
+            log,
+            _dir: dir,
+        };
+        let ready = format!("127.0.0.1:{probe}");
+        let started = Instant::now();
+        while !http_get_ok(&ready, "/readyz").await {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "rndc-warden never became ready:\n{}",
+                warden.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        warden
+    }
+}
+
+/// Whether `GET path` on a plain-HTTP `host:port` answers 200.
+async fn http_get_ok(host: &str, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(host).await else {
+        return false;
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nhost: {host}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+}
+
+async fn kubectl_apply(env: &TestEnv, manifest: &str, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["apply", "-f", "-"];
+    args.extend_from_slice(extra);
+    let out = env
+        .cp
+        .kubectl_as(env.cp.kubeconfig_path(), args, Some(manifest.as_bytes()))
+        .await
+        .expect("kubectl runs");
+    (out.success(), format!("{}{}", out.stdout, out.stderr))
+}
+
+async fn get_json(env: &TestEnv, args: &[&str]) -> Value {
+    let mut full = vec!["get"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    let out = env.cp.kubectl(full).await.expect("kubectl runs");
+    assert!(out.success(), "{}: {}", out.command, out.stderr);
+    serde_json::from_str(&out.stdout).expect("JSON")
+}
+
+fn instance_yaml(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: bindy.firestoned.io/v1beta1\nkind: Bind9Instance\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  {spec}\n"
+    )
+}
+
+fn weak_instance(namespace: &str) -> String {
+    instance_yaml(
+        namespace,
+        "weak",
+        "role: primary\n  clusterRef: \"\"\n  rndcKey:\n    algorithm: hmac-md5",
+    )
+}
+
+/// The caBundle of every webhook of both configurations of release `warden`.
+async fn ca_bundles(env: &TestEnv) -> Vec<String> {
+    let mut bundles = Vec::new();
+    for (kind, name) in [
+        (
+            "mutatingwebhookconfiguration",
+            "warden-rndc-warden-mutating",
+        ),
+        (
+            "validatingwebhookconfiguration",
+            "warden-rndc-warden-validating",
+        ),
+    ] {
+        let config = get_json(env, &[kind, name]).await;
+        for hook in config["webhooks"].as_array().expect("webhooks") {
+            bundles.push(
+                hook["clientConfig"]["caBundle"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    bundles
+}
+
+/// `kubectl auth can-i --list` as `user` in `namespace`, as `(resource, resourceName, verb)`
+/// triples, without the rules every authenticated user has (self-reviews, discovery URLs).
+async fn can_i_list(
+    env: &TestEnv,
+    user: &str,
+    namespace: &str,
+) -> BTreeSet<(String, String, String)> {
+    let out = env
+        .cp
+        .kubectl(["auth", "can-i", "--list", "--as", user, "-n", namespace])
+        .await
+        .expect("kubectl runs");
+    assert!(out.success(), "{}: {}", out.command, out.stderr);
+    parse_can_i(&out.stdout)
+}
+
+/// Parses the resource rows of `kubectl auth can-i --list` (`Resources  Non-Resource URLs
+/// Resource Names  Verbs`; bracketed lists may hold spaces). Non-resource URL rows (which start
+/// with blanks) are left out.
+fn parse_can_i(text: &str) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for line in text.lines().skip(1) {
+        if line.starts_with(char::is_whitespace) || line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::new();
+        let mut rest = line.trim();
+        while !rest.is_empty() {
+            let end = if rest.starts_with('[') {
+                rest.find(']').map_or(rest.len(), |i| i + 1)
+            } else {
+                rest.find(char::is_whitespace).unwrap_or(rest.len())
+            };
+            fields.push(rest[..end].to_owned());
+            rest = rest[end..].trim_start();
+        }
+        let [resource, _urls, names, verbs] = fields.as_slice() else {
+            panic!("unexpected `kubectl auth can-i --list` line: {line:?}");
+        };
+        let list = |s: &str| -> Vec<String> {
+            s.trim_matches(['[', ']'])
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut names = list(names);
+        if names.is_empty() {
+            names.push(String::new());
+        }
+        for verb in list(verbs) {
+            for name in &names {
+                out.insert((resource.clone(), name.clone(), verb.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// One grant: where, what, which object name (empty: any), which verb.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Grant {
+    scope: String,
+    group: String,
+    resource: String,
+    name: String,
+    verb: String,
+}
+
+impl Grant {
+    /// How `kubectl auth can-i --list` prints the resource (`resource.group[/subresource]`).
+    fn can_i(&self) -> (String, String, String) {
+        let (base, sub) = match self.resource.split_once('/') {
+            Some((base, sub)) => (base, format!("/{sub}")),
+            None => (self.resource.as_str(), String::new()),
+        };
+        let resource = if self.group.is_empty() {
+            format!("{base}{sub}")
+        } else {
+            format!("{base}.{}{sub}", self.group)
+        };
+        (resource, self.name.clone(), self.verb.clone())
+    }
+}
+
+/// The table "RBAC granted by the Helm chart" of docs/security.md, for a release whose full name
+/// is `fullname`: each grant with its "When" condition.
+fn documented_grants(fullname: &str) -> Vec<(Grant, String)> {
+    let path = root().join("docs/security.md");
+    let text = std::fs::read_to_string(&path).expect("docs/security.md exists");
+    let section = text
+        .split("## RBAC granted by the Helm chart")
+        .nth(1)
+        .expect("docs/security.md has a section \"RBAC granted by the Helm chart\"");
+    let clean = |cell: &str| {
+        cell.trim()
+            .trim_matches('`')
+            .replace("<fullname>", fullname)
+    };
+    let mut grants = Vec::new();
+    let rows = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| Scope |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'));
+    for row in rows {
+        let cells: Vec<&str> = row.trim().trim_matches('|').split('|').collect();
+        let [scope, group, resources, names, verbs, when] = cells.as_slice() else {
+            panic!("docs/security.md: a chart RBAC row needs 6 cells: {row:?}");
+        };
+        let group = clean(group).replace("\"\"", "");
+        let names: Vec<String> = names.split(',').map(clean).collect();
+        for resource in resources.split(',') {
+            for verb in verbs.split(',') {
+                for name in &names {
+                    grants.push((
+                        Grant {
+                            scope: clean(scope),
+                            group: group.clone(),
+                            resource: clean(resource),
+                            name: name.clone(),
+                            verb: verb.trim().to_owned(),
+                        },
+                        clean(when),
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        grants.len() > 10,
+        "docs/security.md: no chart RBAC table found"
+    );
+    grants
+}
+
+/// The documented grants that apply under `conditions` (besides `always`).
+fn documented(fullname: &str, conditions: &[&str]) -> BTreeSet<Grant> {
+    documented_grants(fullname)
+        .into_iter()
+        .filter(|(_, when)| when == "always" || conditions.contains(&when.as_str()))
+        .map(|(grant, _)| grant)
+        .collect()
+}
+
+/// The grants the chart renders, in the scopes of the document.
+fn rendered_grants(r: &Rendered) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for (kind, name, scope) in [
+        ("ClusterRole", "rel-rndc-warden", "watched namespaces"),
+        ("ClusterRole", "rel-rndc-warden-cluster", "cluster"),
+        ("Role", "rel-rndc-warden", "release namespace"),
+    ] {
+        if !r
+            .0
+            .iter()
+            .any(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        {
+            continue;
+        }
+        for rule in r.get(kind, name)["rules"].as_array().expect("rules") {
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    let mut names = strings(&rule["resourceNames"]);
+                    if names.is_empty() {
+                        names.push(String::new());
+                    }
+                    for verb in strings(&rule["verbs"]) {
+                        for name in &names {
+                            out.insert(Grant {
+                                scope: scope.to_owned(),
+                                group: group.clone(),
+                                resource: resource.clone(),
+                                name: name.clone(),
+                                verb: verb.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_rendered_rbac_is_exactly_the_rbac_documented_in_security_md() {
+    let cases: [(&str, &str, &[&str]); 4] = [
+        (
+            "defaults",
+            "",
+            &["rotation.enabled", "certificates.mode=self-managed"],
+        ),
+        (
+            "signal",
+            "reload:\n  strategy: signal\n",
+            &[
+                "rotation.enabled",
+                "certificates.mode=self-managed",
+                "reload.strategy=signal",
+            ],
+        ),
+        (
+            "admission only, cert-manager",
+            "replicaCount: 1\nrotation:\n  enabled: false\n  leaderElection: false\ncertificates:\n  mode: cert-manager\n",
+            &[],
+        ),
+        (
+            "provided certificate",
+            &format!(
+                "certificates:\n  mode: provided\n  secretName: mine\n  provided:\n    caBundle: |\n      {}\n",
+                test_ca_pem().replace('\n', "\n      ")
+            ),
+            &["rotation.enabled"],
+        ),
+    ];
+    for (name, values, conditions) in cases {
+        let rendered = rendered_grants(&render(values));
+        let expected = documented("rel-rndc-warden", conditions);
+        assert!(
+            rendered == expected,
+            "{name}: the chart's RBAC differs from docs/security.md\n  only in the chart: {:?}\n  only in the document: {:?}",
+            rendered.difference(&expected).collect::<Vec<_>>(),
+            expected.difference(&rendered).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_serves_admission_as_the_chart_service_account_and_upgrade_and_uninstall_leave_nothing_blocking()
+ {
+    let env = TestEnv::new("chart-install").await.expect("test env");
+    let workload = TestNamespace::create(&env.client, "chart-workload")
+        .await
+        .expect("workload namespace");
+    let release_ns = env.ns.name().to_owned();
+    let (port, probe) = (free_port(), free_port());
+    let values = values_file(&format!(
+        "webhook:\n  url: https://127.0.0.1:{port}\n  namespaceSelector:\n    matchLabels:\n      {}: {}\n",
+        rndc_warden_testkit::TEST_ID_LABEL,
+        workload.name()
+    ));
+    let chart = chart_dir();
+
+    // Install: every object is created (there is no kubelet, so no pod runs).
+    let notes = cluster_helm(
+        &env,
+        &[
+            "install",
+            "warden",
+            path_str(&chart),
+            "--namespace",
+            &release_ns,
+            "--values",
+            path_str(values.path()),
+        ],
+    )
+    .await;
+    assert!(notes.contains("STATUS: deployed"), "{notes}");
+    assert!(notes.contains("WARNING: webhook.url is set"), "{notes}");
+    assert_eq!(
+        ca_bundles(&env).await,
+        vec![String::new(); 4],
+        "no caBundle before the binary injects it"
+    );
+
+    // The binary, as the chart's ServiceAccount, with the Deployment's own settings.
+    let service_account = "warden-rndc-warden";
+    let username = format!("system:serviceaccount:{release_ns}:{service_account}");
+    let token = mint_token(&env.client, &release_ns, service_account, 3600)
+        .await
+        .expect("TokenRequest for the chart's ServiceAccount");
+    let identity = Identity::from_token(env.cp, &format!("{release_ns}-warden"), &username, &token)
+        .await
+        .expect("identity");
+    let deployment = get_json(
+        &env,
+        &["deployment", "warden-rndc-warden", "-n", &release_ns],
+    )
+    .await;
+    let warden = Warden::start_like_the_deployment(
+        &deployment,
+        &release_ns,
+        &identity.kubeconfig_path,
+        port,
+        probe,
+    )
+    .await;
+
+    // Self-managed certificate: the binary fills the chart's Secret and injects the CA.
+    let started = Instant::now();
+    loop {
+        let (ok, output) =
+            kubectl_apply(&env, &weak_instance(workload.name()), &["--dry-run=server"]).await;
+        if !ok && output.contains("hmac-md5 is not allowed") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the chart's webhooks never denied a weak instance: {output}\n{}",
+            warden.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let secret = get_json(
+        &env,
+        &["secret", "warden-rndc-warden-tls", "-n", &release_ns],
+    )
+    .await;
+    let ca = secret["data"]["ca.crt"]
+        .as_str()
+        .expect("ca.crt in the certificate Secret")
+        .to_owned();
+    let tls_crt = secret["data"]["tls.crt"]
+        .as_str()
+        .expect("tls.crt")
+        .to_owned();
+    assert_eq!(
+        ca_bundles(&env).await,
+        vec![ca.clone(); 4],
+        "every webhook trusts the CA"
+    );
+
+    // A default is injected through the mutating configuration.
+    let (ok, output) = kubectl_apply(
+        &env,
+        &instance_yaml(workload.name(), "bare", "role: Primary\n  clusterRef: \"\""),
+        &[],
+    )
+    .await;
+    assert!(ok, "{output}");
+    let bare = get_json(&env, &["bind9instance", "bare", "-n", workload.name()]).await;
+    assert_eq!(bare["spec"]["role"], "primary", "role normalised");
+    assert_eq!(
+        bare["spec"]["rndcKey"]["algorithm"], "hmac-sha256",
+        "{bare}"
+    );
+    // Key Secrets reach the webhook only with the label (objectSelector).
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let secret_yaml = |name: &str, label: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {}\n  labels:\n    {label}\ntype: Opaque\nstringData:\n  key-name: bindy-operator\n  algorithm: hmac-sha256\n  secret: \"{key}\"\n  rndc.key: |\n    key \"bindy-operator\" {{ algorithm hmac-sha256; secret \"{key}\"; }};\n",
+            workload.name()
+        )
+    };
+    for (name, label) in [
+        ("labelled", "bindy.firestoned.io/rndc-key: \"true\""),
+        ("unlabelled", "team: dns"),
+    ] {
+        let (ok, output) = kubectl_apply(&env, &secret_yaml(name, label), &[]).await;
+        assert!(ok, "{output}");
+    }
+    let stamped =
+        |s: &Value| !s["metadata"]["annotations"]["bindy.firestoned.io/rndc-created-at"].is_null();
+    let labelled = get_json(&env, &["secret", "labelled", "-n", workload.name()]).await;
+    let unlabelled = get_json(&env, &["secret", "unlabelled", "-n", workload.name()]).await;
+    assert!(
+        stamped(&labelled),
+        "a labelled key Secret is stamped: {labelled}"
+    );
+    assert!(
+        !stamped(&unlabelled),
+        "other Secrets never reach the webhook: {unlabelled}"
+    );
+
+    // RBAC: exactly what docs/security.md documents, nothing more (beyond what any
+    // authenticated user may do, measured with a ServiceAccount that has no bindings).
+    let nobody = format!("system:serviceaccount:{release_ns}:nobody");
+    let conditions = ["rotation.enabled", "certificates.mode=self-managed"];
+    let documented = documented("warden-rndc-warden", &conditions);
+    for (namespace, scopes) in [
+        (workload.name(), &["watched namespaces", "cluster"][..]),
+        (
+            release_ns.as_str(),
+            &["watched namespaces", "cluster", "release namespace"][..],
+        ),
+    ] {
+        let baseline = can_i_list(&env, &nobody, namespace).await;
+        let granted: BTreeSet<_> = can_i_list(&env, &username, namespace)
+            .await
+            .difference(&baseline)
+            .cloned()
+            .collect();
+        let expected: BTreeSet<_> = documented
+            .iter()
+            .filter(|g| scopes.contains(&g.scope.as_str()))
+            .map(Grant::can_i)
+            .collect();
+        assert!(
+            granted == expected,
+            "kubectl auth can-i --list as {username} in {namespace} differs from docs/security.md\n  \
+             only granted: {:?}\n  only documented: {:?}",
+            granted.difference(&expected).collect::<Vec<_>>(),
+            expected.difference(&granted).collect::<Vec<_>>()
+        );
+    }
+
+    // Upgrade: settings change, the injected caBundle and the certificate stay.
+    cluster_helm(
+        &env,
+        &[
+            "upgrade",
+            "warden",
+            path_str(&chart),
+            "--namespace",
+            &release_ns,
+            "--reuse-values",
+            "--set",
+            "webhook.timeoutSeconds=7",
+        ],
+    )
+    .await;
+    let mutating = get_json(
+        &env,
+        &[
+            "mutatingwebhookconfiguration",
+            "warden-rndc-warden-mutating",
+        ],
+    )
+    .await;
+    assert_eq!(
+        mutating["webhooks"][0]["timeoutSeconds"], 7,
+        "the upgrade applied"
+    );
+    assert_eq!(
+        ca_bundles(&env).await,
+        vec![ca.clone(); 4],
+        "helm upgrade kept the caBundle"
+    );
+    let secret = get_json(
+        &env,
+        &["secret", "warden-rndc-warden-tls", "-n", &release_ns],
+    )
+    .await;
+    assert_eq!(
+        secret["data"]["tls.crt"],
+        tls_crt.as_str(),
+        "helm upgrade kept the certificate"
+    );
+    let (ok, output) =
+        kubectl_apply(&env, &weak_instance(workload.name()), &["--dry-run=server"]).await;
+    assert!(
+        !ok && output.contains("hmac-md5 is not allowed"),
+        "still enforced after the upgrade: {output}"
+    );
+
+    // Uninstall: no webhook configuration (or RBAC) is left to block anything; CRDs are kept.
+    drop(warden);
+    cluster_helm(
+        &env,
+        &["uninstall", "warden", "--namespace", &release_ns, "--wait"],
+    )
+    .await;
+    let selector = "app.kubernetes.io/instance=warden";
+    for kind in [
+        "mutatingwebhookconfigurations",
+        "validatingwebhookconfigurations",
+        "clusterroles",
+        "clusterrolebindings",
+    ] {
+        let left = get_json(&env, &[kind, "-l", selector]).await;
+        assert_eq!(
+            left["items"],
+            json!([]),
+            "{kind} left behind after helm uninstall"
+        );
+    }
+    let crds = get_json(&env, &["crd", "bind9instances.bindy.firestoned.io"]).await;
+    assert_eq!(
+        crds["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let (ok, output) =
+        kubectl_apply(&env, &weak_instance(workload.name()), &["--dry-run=server"]).await;
+    assert!(
+        ok,
+        "nothing intercepts Bindy objects after uninstall: {output}"
+    );
+}
+
+#[tokio::test]
+async fn the_dev_certificate_script_makes_a_ca_and_a_certificate_that_serve_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("bash")
+        .arg(root().join("certs/make-dev-certs.sh"))
+        .arg(dir.path())
+        .args(["my-warden", "dns"])
+        .env("EXTRA_SANS", "DNS:dev.example")
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "certs/make-dev-certs.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(dir.path().join("tls.crt"))
+        .output()
+        .expect("openssl runs");
+    let sans = String::from_utf8_lossy(&text.stdout);
+    for name in [
+        "DNS:localhost",
+        "IP Address:127.0.0.1",
+        "DNS:my-warden.dns.svc",
+        "DNS:my-warden.dns.svc.cluster.local",
+        "DNS:dev.example",
+    ] {
+        assert!(sans.contains(name), "the certificate lacks {name}: {sans}");
+    }
+    // `serve` loads the pair (readiness requires a loaded certificate).
+    let (port, probe) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rndc-warden"))
+        .args([
+            "serve",
+            "--no-cluster",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--probe-listen", &format!("127.0.0.1:{probe}")])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rndc-warden");
+    let started = Instant::now();
+    let ready = loop {
+        if http_get_ok(&format!("127.0.0.1:{probe}"), "/readyz").await {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(30) || child.try_wait().ok().flatten().is_some()
+        {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("wait");
+    assert!(
+        ready,
+        "serve did not become ready with the script's certificate:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn every_value_is_documented_in_the_chart_readme() {
+    /// Values whose content is free-form Kubernetes (documented as a whole).
+    const FREE_FORM: &[&str] = &[
+        "podSecurityContext",
+        "securityContext",
+        "resources",
+        "updateStrategy",
+        "webhook.objectSelector",
+    ];
+    fn leaves(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<String>) {
+        match value.as_mapping() {
+            Some(map) if !map.is_empty() && !FREE_FORM.contains(&prefix) => {
+                for (key, child) in map {
+                    let key = key.as_str().expect("string keys");
+                    let path = if prefix.is_empty() {
+                        key.to_owned()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    leaves(&path, child, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).expect("chart README");
+    let mut paths = Vec::new();
+    leaves("", &values, &mut paths);
+    let missing: Vec<_> = paths
+        .iter()
+        .filter(|p| !readme.contains(&format!("| `{p}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "values not documented in charts/rndc-warden/README.md: {missing:?}"
+    );
+    assert!(paths.len() > 80, "found only {} values", paths.len());
 }

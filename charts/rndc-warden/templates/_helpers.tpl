@@ -89,11 +89,18 @@ annotation tamper rules.
 {{- printf "%s-rotator" (include "rndc-warden.fullname" .) }}
 {{- end }}
 
-{{/* DNS names the serving certificate must carry, comma-separated. */}}
+{{/*
+DNS names (or IPs) the serving certificate must carry, comma-separated: the Service's names and,
+with webhook.url, the URL's host.
+*/}}
 {{- define "rndc-warden.certDnsNames" -}}
 {{- $svc := include "rndc-warden.fullname" . }}
 {{- $ns := .Release.Namespace }}
-{{- printf "%s,%s.%s,%s.%s.svc,%s.%s.svc.cluster.local" $svc $svc $ns $svc $ns $svc $ns }}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) }}
+{{- with .Values.webhook.url }}
+{{- $names = append $names (urlParse .).hostname }}
+{{- end }}
+{{- join "," ($names | uniq) }}
 {{- end }}
 
 {{/*
