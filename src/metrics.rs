@@ -104,6 +104,13 @@ pub struct InstanceLabels {
     pub instance: String,
 }
 
+/// Labels of the Secret reload counter (seed 000's `bind9_rndc_secret_reloads_total`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failed`.
+    pub status: String,
+}
+
 /// Labels of the rotator's API error counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiErrorLabels {
@@ -131,6 +138,8 @@ pub struct Metrics {
     pub rotator_leader: Gauge,
     /// Failed rotator API requests by verb.
     pub rotator_api_errors: Family<ApiErrorLabels, Counter>,
+    /// Reloads of pods onto a changed key Secret, by status (`success` or `failed`).
+    pub secret_reloads: Family<ReloadLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -193,8 +202,15 @@ impl Metrics {
             "Failed rotator API requests by verb",
             rotator_api_errors.clone(),
         );
+        let secret_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "bind9_rndc_secret_reloads",
+            "Reloads of BIND9 pods onto a changed RNDC key Secret, by status",
+            secret_reloads.clone(),
+        );
         Arc::new(Self {
             registry,
+            secret_reloads,
             rotations,
             rotation_seconds_until,
             rotator_leader,

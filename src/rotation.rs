@@ -17,8 +17,11 @@
 //! so a second leader racing by accident cannot rotate a key twice.
 
 mod engine;
+pub mod exec;
 mod keys;
 pub mod plan;
+pub mod reload;
+mod reloader;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +30,9 @@ use std::time::Duration;
 use clap::{ArgAction, Args};
 
 pub use engine::{Caches, Context};
+pub use exec::{KubeExec, PodExec};
 pub use keys::{KeySource, OsKeySource, QpsLimiter};
+pub use reload::ReloadStrategy;
 
 use crate::metrics::Metrics;
 use crate::policy::PolicyConfig;
@@ -88,10 +93,48 @@ pub struct RotationArgs {
         default_value = "{instance}"
     )]
     pub deployment_name_template: String,
+    /// How pods pick up a changed key: `rollout` (pod-template marker) or `signal` (SIGHUP to
+    /// named after the pod sees the new file; needs `pods/exec`). An instance annotation
+    /// `rndc-warden/reload-strategy` overrides it.
+    #[arg(
+        long,
+        env = "RNDC_WARDEN_RELOAD_STRATEGY",
+        value_enum,
+        default_value_t = ReloadStrategy::Rollout
+    )]
+    pub reload_strategy: ReloadStrategy,
+    /// Changes of a Secret within this window cause one reload.
+    #[arg(long, env = "RNDC_WARDEN_RELOAD_DEBOUNCE", default_value = "10s", value_parser = parse_duration)]
+    pub reload_debounce: Duration,
+    /// signal: label selector of an instance's pods; `{instance}` is replaced by its name.
+    #[arg(
+        long,
+        env = "RNDC_WARDEN_RELOAD_POD_SELECTOR",
+        default_value = DEFAULT_POD_SELECTOR
+    )]
+    pub reload_pod_selector: String,
+    /// signal: the container that runs named.
+    #[arg(long, env = "RNDC_WARDEN_RELOAD_CONTAINER", default_value = "bind9")]
+    pub reload_container: String,
+    /// signal: path of the mounted rndc.key in that container.
+    #[arg(
+        long,
+        env = "RNDC_WARDEN_RELOAD_KEY_PATH",
+        default_value = DEFAULT_KEY_PATH
+    )]
+    pub reload_key_path: String,
+    /// signal: how long pods may take to see the new key file before falling back to a rollout.
+    #[arg(long, env = "RNDC_WARDEN_RELOAD_SIGNAL_DEADLINE", default_value = "2m", value_parser = parse_duration)]
+    pub reload_signal_deadline: Duration,
     /// Namespaces to watch; all when empty. Set from `serve --watch-namespace`.
     #[arg(skip)]
     pub namespaces: Vec<String>,
 }
+
+/// Default label selector of an instance's pods (the Bindy operator's labels).
+pub const DEFAULT_POD_SELECTOR: &str = "app=bind9,instance={instance}";
+/// Default path of the mounted `rndc.key` in the `bind9` container.
+pub const DEFAULT_KEY_PATH: &str = "/etc/bind/keys/rndc.key";
 
 impl Default for RotationArgs {
     fn default() -> Self {
@@ -109,6 +152,12 @@ impl Default for RotationArgs {
             client_qps: 50.0,
             client_burst: 100,
             deployment_name_template: "{instance}".to_owned(),
+            reload_strategy: ReloadStrategy::Rollout,
+            reload_debounce: Duration::from_secs(10),
+            reload_pod_selector: DEFAULT_POD_SELECTOR.to_owned(),
+            reload_container: "bind9".to_owned(),
+            reload_key_path: DEFAULT_KEY_PATH.to_owned(),
+            reload_signal_deadline: Duration::from_secs(120),
             namespaces: Vec::new(),
         }
     }
@@ -139,7 +188,24 @@ impl RotationArgs {
                 self.deployment_name_template
             ));
         }
+        if self.reload_pod_selector.trim().is_empty() || self.reload_container.trim().is_empty() {
+            return bad(
+                "--reload-pod-selector and --reload-container must not be empty, e.g. \"app=bind9,instance={instance}\" and bind9"
+                    .to_owned(),
+            );
+        }
+        if !self.reload_key_path.starts_with('/') {
+            return bad(format!(
+                "--reload-key-path {:?} must be absolute, e.g. {DEFAULT_KEY_PATH}",
+                self.reload_key_path
+            ));
+        }
         Ok(())
+    }
+
+    /// The label selector of an instance's pods.
+    pub fn pod_selector(&self, instance: &str) -> String {
+        self.reload_pod_selector.replace("{instance}", instance)
     }
 
     /// The Deployment name of an instance.
@@ -261,6 +327,20 @@ pub async fn run_with_keys(
     keys: Arc<dyn KeySource>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let exec = Arc::new(KubeExec::new(client.clone()));
+    run_with_parts(client, args, policy, metrics, keys, exec, shutdown).await
+}
+
+/// [`run`] with an injected key source and pod exec (tests).
+pub async fn run_with_parts(
+    client: kube::Client,
+    args: RotationArgs,
+    policy: PolicyConfig,
+    metrics: Arc<Metrics>,
+    keys: Arc<dyn KeySource>,
+    exec: Arc<dyn PodExec>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let mut args = args;
     if args.lease_namespace.is_empty() {
         args.lease_namespace = std::env::var("POD_NAMESPACE")
@@ -276,7 +356,7 @@ pub async fn run_with_keys(
         args.clone(),
         policy,
         metrics.clone(),
-        keys,
+        (keys, exec),
         caches,
         &identity,
     ));
@@ -390,6 +470,32 @@ mod tests {
         assert_eq!(cli.args.lease_duration, Duration::from_secs(15));
         assert!(cli.args.provision && cli.args.leader_election);
         assert_eq!(cli.args.deployment_name("dns-1"), "dns-1");
+    }
+
+    #[test]
+    fn reload_flags_parse_with_their_defaults() {
+        let cli = Cli::try_parse_from(["x"]).expect("parses");
+        assert_eq!(cli.args.reload_strategy, ReloadStrategy::Rollout);
+        assert_eq!(cli.args.reload_debounce, Duration::from_secs(10));
+        assert_eq!(cli.args.pod_selector("dns-1"), "app=bind9,instance=dns-1");
+        assert_eq!(cli.args.reload_container, "bind9");
+        assert_eq!(cli.args.reload_key_path, DEFAULT_KEY_PATH);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--reload-strategy",
+            "signal",
+            "--reload-debounce",
+            "500ms",
+            "--reload-pod-selector",
+            "app.kubernetes.io/instance={instance}",
+        ])
+        .expect("parses");
+        assert_eq!(cli.args.reload_strategy, ReloadStrategy::Signal);
+        assert_eq!(cli.args.reload_debounce, Duration::from_millis(500));
+        assert_eq!(cli.args.pod_selector("a"), "app.kubernetes.io/instance=a");
+        assert!(Cli::try_parse_from(["x", "--reload-strategy", "restart"]).is_err());
+        let cli = Cli::try_parse_from(["x", "--reload-key-path", "rndc.key"]).expect("parses");
+        assert!(cli.args.validate().is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -18,11 +19,14 @@ use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
+use super::exec::PodExec;
 use super::keys::{KeySource, QpsLimiter, generate};
 use super::plan::{
     SecretUser, governing, lacks_label, needs_roll, plan_secret, render_annotate, render_provision,
     render_rotation, seconds_until, status_in_sync,
 };
+use super::reload::ReloadStrategy;
+use super::reloader::{self, ReloadMemory};
 use super::{Error, FIELD_MANAGER, RotationArgs};
 use crate::api::{
     ANNOTATION_ROTATED_AT, Bind9Cluster, Bind9Instance, EVENT_RNDC_KEY_ROTATED,
@@ -46,6 +50,9 @@ pub struct Caches {
     instances: Vec<Store<Bind9Instance>>,
     clusters: Vec<Store<Bind9Cluster>>,
     secrets: Vec<Store<Secret>>,
+    /// Name and resourceVersion of every Secret: unlabelled `secretRef` Secrets are fetched
+    /// when their version changes.
+    secret_versions: Vec<Store<PartialObjectMeta<Secret>>>,
     deployments: Vec<Store<Deployment>>,
     /// Woken on every watch event.
     pub changed: Arc<Notify>,
@@ -95,6 +102,18 @@ fn strip_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
+/// Keeps only the identity and version of a Secret's metadata (its annotations may hold a
+/// `last-applied-configuration` copy of the data).
+fn strip_secret_meta(meta: &mut PartialObjectMeta<Secret>) {
+    let m = &meta.metadata;
+    meta.metadata = ObjectMeta {
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        resource_version: m.resource_version.clone(),
+        ..ObjectMeta::default()
+    };
+}
+
 /// Keeps only what the rotator reads from a Deployment: identity, version, creation time and the
 /// pod-template annotations (so 10,000 cached Deployments stay small).
 fn strip_deployment(deployment: &mut Deployment) {
@@ -131,7 +150,7 @@ fn strip_deployment(deployment: &mut Deployment) {
     *deployment = stripped;
 }
 
-fn lookup<K>(stores: &[Store<K>], namespace: &str, name: &str) -> Option<Arc<K>>
+pub(super) fn lookup<K>(stores: &[Store<K>], namespace: &str, name: &str) -> Option<Arc<K>>
 where
     K: Resource + Clone + 'static,
     <K as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -181,6 +200,17 @@ impl Caches {
                     )
                 })
                 .collect(),
+            secret_versions: apis::<PartialObjectMeta<Secret>>(client, namespaces)
+                .into_iter()
+                .map(|api| {
+                    spawn_reflector(
+                        api,
+                        watcher::Config::default(),
+                        changed.clone(),
+                        strip_secret_meta,
+                    )
+                })
+                .collect(),
             deployments: apis(client, namespaces)
                 .into_iter()
                 .map(|api| {
@@ -207,9 +237,33 @@ impl Caches {
         for s in &self.secrets {
             let _ = s.wait_until_ready().await;
         }
+        for s in &self.secret_versions {
+            let _ = s.wait_until_ready().await;
+        }
         for s in &self.deployments {
             let _ = s.wait_until_ready().await;
         }
+    }
+
+    /// The labelled key Secret from the cache.
+    pub(super) fn labelled_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        lookup(&self.secrets, namespace, name)
+    }
+
+    /// The resourceVersion of any Secret (`None`: it does not exist).
+    pub(super) fn secret_version(&self, namespace: &str, name: &str) -> Option<String> {
+        lookup(&self.secret_versions, namespace, name)
+            .and_then(|m| m.metadata.resource_version.clone())
+    }
+
+    /// The cached Deployment.
+    pub(super) fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
+        lookup(&self.deployments, namespace, name)
+    }
+
+    /// The cached instance.
+    pub(super) fn instance(&self, namespace: &str, name: &str) -> Option<Arc<Bind9Instance>> {
+        lookup(&self.instances, namespace, name)
     }
 
     fn instances(&self) -> Vec<Arc<Bind9Instance>> {
@@ -218,25 +272,28 @@ impl Caches {
 }
 
 /// A Secret the rotator works on: namespace and name.
-type SecretKey = (String, String);
+pub(super) type SecretKey = (String, String);
 
 /// One instance using a Secret.
 #[derive(Clone)]
-struct Member {
-    instance: Arc<Bind9Instance>,
-    user: SecretUser,
+pub(super) struct Member {
+    pub(super) instance: Arc<Bind9Instance>,
+    pub(super) user: SecretUser,
 }
 
 /// Everything a worker needs.
 pub struct Context {
-    client: Client,
-    args: RotationArgs,
-    policy: PolicyConfig,
-    metrics: Arc<Metrics>,
+    pub(super) client: Client,
+    pub(super) args: RotationArgs,
+    pub(super) policy: PolicyConfig,
+    pub(super) metrics: Arc<Metrics>,
     keys: Arc<dyn KeySource>,
-    caches: Caches,
+    pub(super) exec: Arc<dyn PodExec>,
+    pub(super) caches: Caches,
     limiter: QpsLimiter,
     recorder: Recorder,
+    /// Reload bookkeeping that only lives in this process.
+    pub(super) reload_memory: Mutex<ReloadMemory>,
     /// Objects we wrote, by `kind/ns/name`, with the resourceVersion the write returned: until the
     /// cache shows that version the cached object is stale and must not be planned from.
     written: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
@@ -249,7 +306,7 @@ impl Context {
         args: RotationArgs,
         policy: PolicyConfig,
         metrics: Arc<Metrics>,
-        keys: Arc<dyn KeySource>,
+        (keys, exec): (Arc<dyn KeySource>, Arc<dyn PodExec>),
         caches: Caches,
         identity: &str,
     ) -> Self {
@@ -267,13 +324,15 @@ impl Context {
             policy,
             metrics,
             keys,
+            exec,
             caches,
             recorder,
+            reload_memory: Mutex::new(ReloadMemory::default()),
             written: Mutex::new(HashMap::new()),
         }
     }
 
-    fn note_written<K: Resource>(&self, kind: &str, object: &K) {
+    pub(super) fn note_written<K: Resource>(&self, kind: &str, object: &K) {
         let meta = object.meta();
         if let (Some(ns), Some(name), Some(rv)) =
             (&meta.namespace, &meta.name, &meta.resource_version)
@@ -287,7 +346,13 @@ impl Context {
     }
 
     /// Whether the cached object (or its absence) reflects our last write to it.
-    fn settled(&self, kind: &str, namespace: &str, name: &str, cached_rv: Option<&str>) -> bool {
+    pub(super) fn settled(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        cached_rv: Option<&str>,
+    ) -> bool {
         let key = format!("{kind}/{namespace}/{name}");
         let Ok(mut written) = self.written.lock() else {
             return true;
@@ -305,7 +370,7 @@ impl Context {
         }
     }
 
-    async fn call<T>(
+    pub(super) async fn call<T>(
         &self,
         verb: &'static str,
         what: impl FnOnce() -> String,
@@ -330,13 +395,13 @@ impl Context {
 
 use std::future::Future;
 
-fn is_status(error: &Error, code: u16) -> bool {
+pub(super) fn is_status(error: &Error, code: u16) -> bool {
     matches!(error, Error::Kube { source: kube::Error::Api(s), .. } if s.code == code)
 }
 
 /// Groups instances by the Secret they use, with their effective configuration. Instances whose
 /// configuration cannot be worked out (unknown cluster, invalid value) are skipped and logged.
-fn group(ctx: &Context) -> BTreeMap<SecretKey, Vec<Member>> {
+pub(super) fn group(ctx: &Context) -> BTreeMap<SecretKey, Vec<Member>> {
     let mut groups: BTreeMap<SecretKey, Vec<Member>> = BTreeMap::new();
     for instance in ctx.caches.instances() {
         let Some(namespace) = instance.namespace() else {
@@ -427,7 +492,8 @@ fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>
     let mut work = plan.action != SecretAction::Nothing;
     if !work && let Some(secret) = secret.as_deref() {
         work = members.iter().any(|m| {
-            rollout_pending(ctx, namespace, &m.user.instance, &plan, secret)
+            (rotator_rolls(ctx, m)
+                && rollout_pending(ctx, namespace, &m.user.instance, &plan, secret))
                 || status_pending(ctx, m, secret)
         });
     }
@@ -435,6 +501,18 @@ fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>
         work,
         next_wake: plan.next_wake,
     }
+}
+
+/// Whether the rotator itself rolls this instance's Deployment onto a new key: only for managed
+/// Secrets (it made the change) and the `rollout` strategy. Changes to user Secrets, and every
+/// reload under `signal`, go through the reloader (validation, debounce, SIGHUP).
+fn rotator_rolls(ctx: &Context, member: &Member) -> bool {
+    member.user.config.is_managed() && strategy_of(ctx, &member.instance) == ReloadStrategy::Rollout
+}
+
+/// The reload strategy of an instance (its annotation, else the release-wide flag).
+pub(super) fn strategy_of(ctx: &Context, instance: &Bind9Instance) -> ReloadStrategy {
+    ReloadStrategy::for_instance(instance.annotations(), ctx.args.reload_strategy)
 }
 
 fn rollout_pending(
@@ -486,11 +564,15 @@ pub async fn schedule(ctx: Arc<Context>) -> Result<(), Error> {
     let mut tasks: JoinSet<(SecretKey, Result<(), Error>)> = JoinSet::new();
     let mut in_flight: HashSet<SecretKey> = HashSet::new();
     let mut backoff: HashMap<SecretKey, Backoff> = HashMap::new();
+    let mut reloads = reloader::Reloads::new(ctx.args.reload_debounce);
     let resync = ctx.args.resync_period;
     loop {
         let now = Utc::now();
         let mut next_wake = tokio::time::Instant::now() + resync;
         let groups = group(&ctx);
+        if let Some(at) = reloads.pass(&ctx, &groups, &semaphore).await {
+            next_wake = next_wake.min(at);
+        }
         for (key, members) in groups {
             if in_flight.contains(&key) {
                 continue;
@@ -525,7 +607,11 @@ pub async fn schedule(ctx: Arc<Context>) -> Result<(), Error> {
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 handle_done(&ctx, joined, &mut in_flight, &mut backoff);
             }
+            Some(joined) = reloads.join_next(), if reloads.busy() => {
+                reloads.done(&ctx, joined);
+            }
         }
+        reloads.reap(&ctx);
         while let Some(joined) = tasks.try_join_next() {
             handle_done(&ctx, joined, &mut in_flight, &mut backoff);
         }
@@ -733,15 +819,16 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
 
     let mut problems = Vec::new();
     for m in members {
-        if let Err(e) = roll(
-            ctx,
-            namespace,
-            &m.user.instance,
-            &plan,
-            &secret,
-            rotated.is_some(),
-        )
-        .await
+        if rotator_rolls(ctx, m)
+            && let Err(e) = roll(
+                ctx,
+                namespace,
+                &m.user.instance,
+                &plan,
+                &secret,
+                rotated.is_some(),
+            )
+            .await
         {
             problems.push(e.to_string());
         }
@@ -909,7 +996,7 @@ async fn write_status(
     Err(Error::Contended(what()))
 }
 
-async fn publish(
+pub(super) async fn publish(
     ctx: &Context,
     instance: &Bind9Instance,
     type_: EventType,
@@ -928,7 +1015,9 @@ async fn publish(
         type_,
         reason: reason.to_owned(),
         note: Some(note),
-        action: if type_ == EventType::Normal {
+        action: if reason.starts_with("RndcSecretReload") {
+            "Reload"
+        } else if type_ == EventType::Normal {
             "Rotate"
         } else {
             "Reconcile"

@@ -1,0 +1,732 @@
+//! The reloader (SPEC §8), the I/O part: on every scheduler pass, compare each instance's key
+//! revision with the revision its pods were last reloaded onto ([`super::reload::decide`]),
+//! debounce, and run reloads (rollout or SIGHUP), status, Events and metrics in bounded tasks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::engine::{Context, Member, SecretKey, is_status, publish, strategy_of};
+use super::exec::{SignalOutcome, SignalRequest, signal_pods};
+use super::plan::marker_of;
+use super::reload::{
+    Debouncer, Decision, DesiredCondition, Loaded, REASON_FAILED, REASON_INVALID, REASON_NOT_FOUND,
+    REASON_RELOADED, ReloadStrategy, Settled, decide, expected_key_digest,
+};
+use super::{Error, FIELD_MANAGER};
+use crate::api::{
+    ANNOTATION_ROTATED_AT, Bind9Instance, EVENT_RNDC_SECRET_RELOAD_FAILED,
+    EVENT_RNDC_SECRET_RELOADED,
+};
+use crate::metrics::ReloadLabels;
+use crate::policy::{key_revision, same_revision};
+
+/// An instance: namespace and name.
+type InstanceKey = (String, String);
+
+/// First retry delay after a failed reload; doubled up to the resync period.
+const RETRY_BASE: Duration = Duration::from_secs(2);
+/// First delay before re-checking a pod that still shows the old key file.
+const SIGNAL_RETRY: Duration = Duration::from_millis(500);
+
+/// What the reloader knows only in this process.
+#[derive(Default)]
+pub struct ReloadMemory {
+    /// The revision each instance's pods were reloaded onto (or adopted at first sight).
+    loaded: HashMap<InstanceKey, String>,
+    /// The failure last reported per instance, so it is reported once.
+    reported: HashMap<InstanceKey, String>,
+    /// Unlabelled (`secretRef`) Secrets, fetched when their resourceVersion changes.
+    fetched: HashMap<SecretKey, Arc<Secret>>,
+}
+
+/// One unit of reload work for an instance.
+enum Job {
+    /// Record the revision the pods run (first sight of a user Secret): status only.
+    Adopt { revision: String },
+    /// The pods run the current revision but the condition says otherwise (e.g. a broken key
+    /// was reverted): set the condition.
+    Condition(DesiredCondition),
+    /// Reload the pods onto `revision`.
+    Reload {
+        revision: String,
+        previous: String,
+        strategy: ReloadStrategy,
+        secret: Arc<Secret>,
+    },
+    /// Report a Secret that must not be rolled out (invalid or missing).
+    Report {
+        fingerprint: String,
+        condition: DesiredCondition,
+    },
+}
+
+/// The reloader's state inside the scheduler.
+pub struct Reloads {
+    debouncer: Debouncer<InstanceKey>,
+    tasks: JoinSet<(InstanceKey, Result<(), Error>)>,
+    in_flight: HashSet<InstanceKey>,
+    backoff: HashMap<InstanceKey, (u32, Instant)>,
+}
+
+impl Reloads {
+    /// A reloader that debounces changes over `window`.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            debouncer: Debouncer::new(window),
+            tasks: JoinSet::new(),
+            in_flight: HashSet::new(),
+            backoff: HashMap::new(),
+        }
+    }
+
+    /// Whether reload tasks are running.
+    pub fn busy(&self) -> bool {
+        !self.tasks.is_empty()
+    }
+
+    /// Waits for the next reload task to finish.
+    pub async fn join_next(
+        &mut self,
+    ) -> Option<Result<(InstanceKey, Result<(), Error>), tokio::task::JoinError>> {
+        self.tasks.join_next().await
+    }
+
+    /// Collects finished tasks without waiting.
+    pub fn reap(&mut self, ctx: &Context) {
+        while let Some(joined) = self.tasks.try_join_next() {
+            self.done(ctx, joined);
+        }
+    }
+
+    /// Bookkeeping of a finished task: clear or extend its backoff.
+    pub fn done(
+        &mut self,
+        ctx: &Context,
+        joined: Result<(InstanceKey, Result<(), Error>), tokio::task::JoinError>,
+    ) {
+        let (key, result) = match joined {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::error!(%error, "a reload worker panicked");
+                return;
+            }
+        };
+        self.in_flight.remove(&key);
+        match result {
+            Ok(()) => {
+                self.backoff.remove(&key);
+            }
+            Err(error) => {
+                let attempts = self.backoff.get(&key).map_or(0, |b| b.0) + 1;
+                let delay = RETRY_BASE
+                    .saturating_mul(1u32 << attempts.min(16).saturating_sub(1))
+                    .min(ctx.args.resync_period);
+                self.backoff
+                    .insert(key.clone(), (attempts, Instant::now() + delay));
+                tracing::warn!(
+                    instance = %format!("{}/{}", key.0, key.1),
+                    %error,
+                    retry_in = ?delay,
+                    "RNDC Secret reload failed"
+                );
+            }
+        }
+    }
+
+    /// One pass over every instance: decide, debounce and start the reload tasks. Returns when
+    /// the scheduler should look again at the latest (a debounce window or backoff ending).
+    pub async fn pass(
+        &mut self,
+        ctx: &Arc<Context>,
+        groups: &BTreeMap<SecretKey, Vec<Member>>,
+        semaphore: &Arc<Semaphore>,
+    ) -> Option<Instant> {
+        let now = Utc::now();
+        let mut wake: Option<Instant> = None;
+        let mut wake_at = |at: Instant| wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
+        let mut present: HashSet<InstanceKey> = HashSet::new();
+        for ((namespace, secret_name), members) in groups {
+            let Ok(secret) = current_secret(ctx, namespace, secret_name).await else {
+                continue;
+            };
+            for member in members {
+                let key: InstanceKey = (namespace.clone(), member.user.instance.clone());
+                present.insert(key.clone());
+                if self.in_flight.contains(&key) {
+                    continue;
+                }
+                if let Some((_, until)) = self.backoff.get(&key)
+                    && *until > Instant::now()
+                {
+                    wake_at(*until);
+                    continue;
+                }
+                let Some(job) = self.plan_job(ctx, &key, member, secret.as_ref(), now) else {
+                    continue;
+                };
+                let job = match job {
+                    Planned::Now(job) => job,
+                    Planned::Later(at) => {
+                        wake_at(at);
+                        continue;
+                    }
+                };
+                self.in_flight.insert(key.clone());
+                let ctx = ctx.clone();
+                let semaphore = semaphore.clone();
+                let member = member.clone();
+                let secret_key = (namespace.clone(), secret_name.clone());
+                self.tasks.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await;
+                    let result = run_job(&ctx, &secret_key, &member, job).await;
+                    (key, result)
+                });
+            }
+        }
+        self.debouncer.retain(|k| present.contains(k));
+        self.backoff.retain(|k, _| present.contains(k));
+        if let Ok(mut memory) = ctx.reload_memory.lock() {
+            memory.loaded.retain(|k, _| present.contains(k));
+            memory.reported.retain(|k, _| present.contains(k));
+            let used: HashSet<&SecretKey> = groups.keys().collect();
+            memory.fetched.retain(|k, _| used.contains(k));
+        }
+        wake
+    }
+
+    fn plan_job(
+        &mut self,
+        ctx: &Context,
+        key: &InstanceKey,
+        member: &Member,
+        secret: Option<&Arc<Secret>>,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<Planned> {
+        let (namespace, name) = key;
+        let instance = &member.instance;
+        if !ctx.settled(
+            "Bind9Instance",
+            namespace,
+            name,
+            instance.metadata.resource_version.as_deref(),
+        ) {
+            return None;
+        }
+        let deployment_name = ctx.args.deployment_name(name);
+        let deployment = ctx.caches.deployment(namespace, &deployment_name);
+        if let Some(d) = &deployment
+            && !ctx.settled(
+                "Deployment",
+                namespace,
+                &deployment_name,
+                d.metadata.resource_version.as_deref(),
+            )
+        {
+            return None;
+        }
+        let status = instance.status.as_ref();
+        let status_version = status.and_then(|s| s.rndc_secret_version.clone());
+        let conditions = status.and_then(|s| s.conditions.as_deref());
+        let (remembered, reported) = {
+            let memory = ctx.reload_memory.lock().ok()?;
+            (
+                memory.loaded.get(key).cloned(),
+                memory.reported.get(key).cloned(),
+            )
+        };
+        let loaded = Loaded {
+            remembered: remembered.as_deref(),
+            status: status_version.as_deref(),
+            marker: deployment.as_deref().and_then(marker_of),
+        };
+        let config = &member.user.config;
+        let decision = decide(config, secret.map(|s| s.as_ref()), loaded, &ctx.policy, now);
+        let secret_name = &config.secret_name;
+        let settle = |this: &mut Self, revision: &str, job: Job| match this.debouncer.observe(
+            key,
+            revision,
+            Instant::now(),
+        ) {
+            Settled::Ready => {
+                this.debouncer.clear(key);
+                Some(Planned::Now(job))
+            }
+            Settled::WaitUntil(at) => Some(Planned::Later(at)),
+        };
+        match decision {
+            Decision::Current => {
+                self.debouncer.clear(key);
+                let revision = secret.and_then(|s| key_revision(s))?;
+                if let Ok(mut memory) = ctx.reload_memory.lock() {
+                    memory.reported.remove(key);
+                }
+                let condition = conditions
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c.type_ == crate::api::CONDITION_RNDC_SECRET_RELOADED);
+                if condition.is_some_and(|c| c.status != "True") {
+                    return Some(Planned::Now(Job::Condition(DesiredCondition {
+                        status: "True",
+                        reason: REASON_RELOADED,
+                        message: format!(
+                            "The pods run the current key of Secret {namespace}/{secret_name} (revision {revision})"
+                        ),
+                    })));
+                }
+                if status_version.is_none() && remembered.is_none() && !config.is_managed() {
+                    return Some(Planned::Now(Job::Adopt { revision }));
+                }
+                None
+            }
+            Decision::Adopt { revision } => {
+                self.debouncer.clear(key);
+                if config.is_managed() {
+                    // The pod-template marker and the Secret's created-at are a durable record.
+                    if let Ok(mut memory) = ctx.reload_memory.lock() {
+                        memory.loaded.insert(key.clone(), revision);
+                    }
+                    return None;
+                }
+                Some(Planned::Now(Job::Adopt { revision }))
+            }
+            Decision::LeaveToRotator => {
+                self.debouncer.clear(key);
+                None
+            }
+            Decision::Reload { revision, previous } => {
+                let secret = secret?.clone();
+                let strategy = strategy_of(ctx, instance);
+                let pending = revision.clone();
+                settle(
+                    self,
+                    &pending,
+                    Job::Reload {
+                        revision,
+                        previous,
+                        strategy,
+                        secret,
+                    },
+                )
+            }
+            Decision::Invalid { revision, reason } => {
+                let condition = DesiredCondition {
+                    status: "False",
+                    reason: REASON_INVALID,
+                    message: format!(
+                        "Secret {namespace}/{secret_name} is not rolled out (revision {revision}): {reason}"
+                    ),
+                };
+                let fingerprint = format!("invalid {revision}");
+                if reported.as_deref() == Some(fingerprint.as_str()) || condition.is_in(conditions)
+                {
+                    return None;
+                }
+                settle(
+                    self,
+                    &revision,
+                    Job::Report {
+                        fingerprint,
+                        condition,
+                    },
+                )
+            }
+            Decision::Missing => {
+                let condition = DesiredCondition {
+                    status: "False",
+                    reason: REASON_NOT_FOUND,
+                    message: format!(
+                        "Secret {namespace}/{secret_name} does not exist; the pods keep the key they loaded"
+                    ),
+                };
+                let fingerprint = "missing".to_owned();
+                if reported.as_deref() == Some(fingerprint.as_str()) || condition.is_in(conditions)
+                {
+                    return None;
+                }
+                settle(
+                    self,
+                    "",
+                    Job::Report {
+                        fingerprint,
+                        condition,
+                    },
+                )
+            }
+        }
+    }
+}
+
+enum Planned {
+    Now(Job),
+    Later(Instant),
+}
+
+/// The Secret an instance uses: the labelled cache, else (a `secretRef` Secret without the label)
+/// fetched once per resourceVersion. `Ok(None)`: it does not exist; `Err`: unknown this pass.
+async fn current_secret(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<Secret>>, ()> {
+    if let Some(secret) = ctx.caches.labelled_secret(namespace, name) {
+        return Ok(Some(secret));
+    }
+    let Some(version) = ctx.caches.secret_version(namespace, name) else {
+        return Ok(None);
+    };
+    let key: SecretKey = (namespace.to_owned(), name.to_owned());
+    if let Ok(memory) = ctx.reload_memory.lock()
+        && let Some(cached) = memory.fetched.get(&key)
+        && cached.metadata.resource_version.as_deref() == Some(version.as_str())
+    {
+        return Ok(Some(cached.clone()));
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match ctx
+        .call(
+            "get",
+            || format!("Secret {namespace}/{name}"),
+            api.get_opt(name),
+        )
+        .await
+    {
+        Ok(Some(mut secret)) => {
+            secret.metadata.managed_fields = None;
+            let secret = Arc::new(secret);
+            if let Ok(mut memory) = ctx.reload_memory.lock() {
+                memory.fetched.insert(key, secret.clone());
+            }
+            Ok(Some(secret))
+        }
+        Ok(None) => Ok(None),
+        Err(error) => {
+            tracing::warn!(%error, "reading a key Secret failed; will retry");
+            Err(())
+        }
+    }
+}
+
+fn count(ctx: &Context, status: &str) {
+    ctx.metrics
+        .secret_reloads
+        .get_or_create(&ReloadLabels {
+            status: status.to_owned(),
+        })
+        .inc();
+}
+
+fn remember(ctx: &Context, key: &InstanceKey, revision: &str) {
+    if let Ok(mut memory) = ctx.reload_memory.lock() {
+        memory.loaded.insert(key.clone(), revision.to_owned());
+        memory.reported.remove(key);
+    }
+}
+
+async fn run_job(
+    ctx: &Context,
+    secret_key: &SecretKey,
+    member: &Member,
+    job: Job,
+) -> Result<(), Error> {
+    let (namespace, secret_name) = secret_key;
+    let instance = &member.instance;
+    let name = member.user.instance.clone();
+    let key: InstanceKey = (namespace.clone(), name.clone());
+    match job {
+        Job::Adopt { revision } => {
+            write_status(ctx, instance, Some(&revision), None).await?;
+            remember(ctx, &key, &revision);
+            tracing::debug!(instance = %format!("{namespace}/{name}"), %revision, "recorded the RNDC key revision the pods run");
+            Ok(())
+        }
+        Job::Condition(condition) => write_status(ctx, instance, None, Some(&condition)).await,
+        Job::Report {
+            fingerprint,
+            condition,
+        } => {
+            tracing::warn!(
+                instance = %format!("{namespace}/{name}"),
+                reason = condition.reason,
+                "Not reloading RNDC Secret {namespace}/{secret_name}: {}",
+                condition.message
+            );
+            count(ctx, "failed");
+            publish(
+                ctx,
+                instance,
+                EventType::Warning,
+                EVENT_RNDC_SECRET_RELOAD_FAILED,
+                condition.message.clone(),
+            )
+            .await;
+            if let Ok(mut memory) = ctx.reload_memory.lock() {
+                memory.reported.insert(key.clone(), fingerprint);
+            }
+            write_status(ctx, instance, None, Some(&condition)).await
+        }
+        Job::Reload {
+            revision,
+            previous,
+            strategy,
+            secret,
+        } => {
+            tracing::info!(
+                instance = %format!("{namespace}/{name}"), %strategy, %previous, %revision,
+                "RNDC Secret {namespace}/{secret_name} changed; reloading instance {namespace}/{name}"
+            );
+            let how = match strategy {
+                ReloadStrategy::Rollout => rollout(ctx, namespace, &name, &revision).await,
+                ReloadStrategy::Signal => {
+                    signal(ctx, instance, namespace, &name, &revision, &secret).await
+                }
+            };
+            match how {
+                Ok(how) => {
+                    remember(ctx, &key, &revision);
+                    count(ctx, "success");
+                    let message = format!(
+                        "Reloaded RNDC key Secret {namespace}/{secret_name} (revision {revision}) by {how}"
+                    );
+                    tracing::info!(instance = %format!("{namespace}/{name}"), %revision, "{message}");
+                    publish(
+                        ctx,
+                        instance,
+                        EventType::Normal,
+                        EVENT_RNDC_SECRET_RELOADED,
+                        message.clone(),
+                    )
+                    .await;
+                    let condition = DesiredCondition {
+                        status: "True",
+                        reason: REASON_RELOADED,
+                        message,
+                    };
+                    write_status(ctx, instance, Some(&revision), Some(&condition)).await
+                }
+                Err(error) => {
+                    count(ctx, "failed");
+                    let message = format!(
+                        "Reloading RNDC key Secret {namespace}/{secret_name} (revision {revision}) failed: {error}"
+                    );
+                    publish(
+                        ctx,
+                        instance,
+                        EventType::Warning,
+                        EVENT_RNDC_SECRET_RELOAD_FAILED,
+                        message.clone(),
+                    )
+                    .await;
+                    let condition = DesiredCondition {
+                        status: "False",
+                        reason: REASON_FAILED,
+                        message,
+                    };
+                    if let Err(e) = write_status(ctx, instance, None, Some(&condition)).await {
+                        tracing::warn!(error = %e, "writing the reload condition failed");
+                    }
+                    Err(error)
+                }
+            }
+        }
+    }
+}
+
+/// Sets the pod-template marker of the instance's Deployment to `revision` (a no-op when it is
+/// already there). Returns how the reload was done, for the Event.
+async fn rollout(
+    ctx: &Context,
+    namespace: &str,
+    instance: &str,
+    revision: &str,
+) -> Result<String, Error> {
+    let name = ctx.args.deployment_name(instance);
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let what = || format!("Deployment {namespace}/{name}");
+    let mut current = ctx
+        .caches
+        .deployment(namespace, &name)
+        .map(|d| (*d).clone());
+    for _ in 0..3 {
+        let Some(deployment) = current.as_ref() else {
+            return Ok(format!(
+                "no rollout (Deployment {namespace}/{name} does not exist; pods that start read the current key)"
+            ));
+        };
+        if marker_of(deployment).is_some_and(|m| same_revision(m, revision)) {
+            return Ok(format!("rollout of Deployment {namespace}/{name}"));
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": deployment.metadata.resource_version },
+            "spec": { "template": { "metadata": { "annotations": { ANNOTATION_ROTATED_AT: revision } } } }
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        match ctx
+            .call(
+                "patch",
+                what,
+                api.patch(&name, &params, &Patch::Merge(&patch)),
+            )
+            .await
+        {
+            Ok(patched) => {
+                ctx.note_written("Deployment", &patched);
+                tracing::info!(
+                    marker = %revision,
+                    "Triggered Deployment {namespace}/{name} rollout after RNDC Secret change"
+                );
+                return Ok(format!("rollout of Deployment {namespace}/{name}"));
+            }
+            Err(e) if is_status(&e, 409) => {
+                current = ctx.call("get", what, api.get_opt(&name)).await?;
+            }
+            Err(e) if is_status(&e, 404) => current = None,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Contended(what()))
+}
+
+/// SIGHUP to named in every pod of the instance once it sees the new key file; falls back to a
+/// rollout (and says so) when that cannot be done.
+async fn signal(
+    ctx: &Context,
+    instance: &Bind9Instance,
+    namespace: &str,
+    name: &str,
+    revision: &str,
+    secret: &Secret,
+) -> Result<String, Error> {
+    let selector = ctx.args.pod_selector(name);
+    let why = match expected_key_digest(secret) {
+        None => "the Secret has no rndc.key to compare the mounted file with".to_owned(),
+        Some(digest) => {
+            let request = SignalRequest {
+                namespace: namespace.to_owned(),
+                selector: selector.clone(),
+                container: ctx.args.reload_container.clone(),
+                key_path: ctx.args.reload_key_path.clone(),
+                digest,
+                deadline: ctx.args.reload_signal_deadline,
+                retry: SIGNAL_RETRY,
+            };
+            match signal_pods(ctx.exec.as_ref(), &request).await {
+                SignalOutcome::Reloaded { pods, stale_checks } => {
+                    return Ok(format!(
+                        "SIGHUP to {} pod(s) matching {selector} ({stale_checks} early check(s) retried)",
+                        pods.len()
+                    ));
+                }
+                SignalOutcome::NoPods => format!("no running pod matches {selector}"),
+                SignalOutcome::TimedOut { stale, reloaded } => format!(
+                    "pod(s) {} did not see the new key file within {:?} ({} signalled)",
+                    stale.join(", "),
+                    ctx.args.reload_signal_deadline,
+                    reloaded.len()
+                ),
+                SignalOutcome::Failed { pod, error } => {
+                    tracing::warn!("Failed to send SIGHUP to {namespace}/{pod}: {error}");
+                    if pod.is_empty() {
+                        error
+                    } else {
+                        format!("pod {pod}: {error}")
+                    }
+                }
+            }
+        }
+    };
+    tracing::warn!(
+        instance = %format!("{namespace}/{name}"),
+        "signal reload of instance {namespace}/{name} not possible ({why}); falling back to a rollout"
+    );
+    publish(
+        ctx,
+        instance,
+        EventType::Warning,
+        EVENT_RNDC_SECRET_RELOAD_FAILED,
+        format!(
+            "SIGHUP reload onto revision {revision} not possible ({why}); falling back to a rollout"
+        ),
+    )
+    .await;
+    rollout(ctx, namespace, name, revision)
+        .await
+        .map(|how| format!("{how} (fallback from signal: {why})"))
+}
+
+/// Writes `status.rndcSecretVersion` and/or the `RndcSecretReloaded` condition (merge patch with a
+/// resourceVersion precondition; a 409 re-reads).
+async fn write_status(
+    ctx: &Context,
+    instance: &Bind9Instance,
+    version: Option<&str>,
+    condition: Option<&DesiredCondition>,
+) -> Result<(), Error> {
+    let namespace = instance.namespace().unwrap_or_default();
+    let name = instance.name_any();
+    let api: Api<Bind9Instance> = Api::namespaced(ctx.client.clone(), &namespace);
+    let what = || format!("Bind9Instance {namespace}/{name} status");
+    let mut current = ctx.caches.instance(&namespace, &name).map(|i| (*i).clone());
+    for _ in 0..3 {
+        let Some(instance) = current.as_ref() else {
+            return Ok(());
+        };
+        let status = instance.status.as_ref();
+        let conditions = status.and_then(|s| s.conditions.as_deref());
+        let version_ok = version
+            .is_none_or(|v| status.and_then(|s| s.rndc_secret_version.as_deref()) == Some(v));
+        let condition_ok = condition.is_none_or(|c| c.is_in(conditions));
+        if version_ok && condition_ok {
+            return Ok(());
+        }
+        let mut body = serde_json::Map::new();
+        if let Some(v) = version {
+            body.insert("rndcSecretVersion".into(), json!(v));
+        }
+        if let Some(c) = condition {
+            let merged = c.merged_into(conditions, instance.metadata.generation, Utc::now());
+            body.insert("conditions".into(), json!(merged));
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": instance.metadata.resource_version },
+            "status": body,
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        match ctx
+            .call(
+                "patch",
+                what,
+                api.patch_status(&name, &params, &Patch::Merge(&patch)),
+            )
+            .await
+        {
+            Ok(written) => {
+                ctx.note_written("Bind9Instance", &written);
+                return Ok(());
+            }
+            Err(e) if is_status(&e, 409) => {
+                current = ctx.call("get", what, api.get_opt(&name)).await?;
+            }
+            Err(e) if is_status(&e, 404) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Contended(what()))
+}
