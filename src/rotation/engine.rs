@@ -594,7 +594,10 @@ pub async fn schedule(ctx: Arc<Context>) -> Result<(), Error> {
                 let semaphore = semaphore.clone();
                 tasks.spawn(async move {
                     let _permit = semaphore.acquire_owned().await;
-                    let result = reconcile(&ctx, &key, &members).await;
+                    // Boxed so that a queued task is small: unboxed, every task waiting for a
+                    // permit carried the whole reconcile state machine (10,000 queued status
+                    // writes: 314 MiB RSS instead of 174 MiB, tests/e2e_rotation_memory.rs).
+                    let result = Box::pin(reconcile(&ctx, &key, &members)).await;
                     (key, result)
                 });
             }
