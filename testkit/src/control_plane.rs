@@ -88,6 +88,8 @@ pub struct ControlPlane {
     /// `[etcd, kube-apiserver]` while running.
     processes: Mutex<Vec<ManagedProcess>>,
     startup_time: Duration,
+    lifetime: Lifetime,
+    start_timeout: Duration,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -200,28 +202,7 @@ impl ControlPlane {
         }
 
         let api_log = run_dir.join("kube-apiserver.log");
-        let mut api = Command::new(&bins.kube_apiserver);
-        let p = |name: &str| pki.join(name).display().to_string();
-        api.arg(format!("--etcd-servers={client_url}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg("--endpoint-reconciler-type=none")
-            .arg(format!("--secure-port={api_port}"))
-            .arg(format!("--cert-dir={}", pki.display()))
-            .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
-            .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
-            .arg(format!("--client-ca-file={}", p("client-ca.crt")))
-            .arg(format!("--service-account-issuer={server_url}"))
-            .arg(format!("--service-account-key-file={}", p("sa.pub")))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                p("sa.key")
-            ))
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
-            .arg("--authorization-mode=RBAC")
-            .arg("--allow-privileged=true")
-            .arg("--disable-admission-plugins=ServiceAccount")
-            .arg("--v=1");
+        let api = apiserver_command(&bins, &pki, &server_url, etcd_port, api_port);
         processes.push(ManagedProcess::spawn(
             "kube-apiserver",
             api,
@@ -253,6 +234,8 @@ impl ControlPlane {
             config,
             processes: Mutex::new(processes),
             startup_time: started.elapsed(),
+            lifetime: options.lifetime,
+            start_timeout: options.start_timeout,
         })
     }
 
@@ -341,6 +324,84 @@ impl ControlPlane {
             user,
             &format!("token: {}", serde_json::Value::from(token)),
         )
+    }
+
+    /// Stops kube-apiserver (SIGTERM, SIGKILL after [`STOP_GRACE`]) and leaves etcd running, as
+    /// an apiserver outage would. Clients see connection errors until
+    /// [`ControlPlane::start_apiserver`]. Every test sharing this control plane sees the outage:
+    /// use it only in a test binary of its own. Idempotent.
+    pub async fn stop_apiserver(&self) -> Result<()> {
+        let process = match self.processes.lock() {
+            Ok(mut guard) if guard.len() == 2 => guard.pop(),
+            Ok(_) => None,
+            Err(_) => {
+                return Err(Error::Once(
+                    "the control plane's process list is poisoned".into(),
+                ));
+            }
+        };
+        if let Some(mut process) = process {
+            tokio::task::spawn_blocking(move || process.stop(STOP_GRACE))
+                .await
+                .map_err(|e| Error::Once(format!("stopping kube-apiserver panicked: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again after [`ControlPlane::stop_apiserver`], on the same port with
+    /// the same certificates, service-account keys and etcd (so every object, kubeconfig and
+    /// token stays valid), and waits for `/readyz`. Does nothing when it is running.
+    pub async fn start_apiserver(&self) -> Result<()> {
+        let running = self
+            .processes
+            .lock()
+            .map_err(|_| Error::Once("the control plane's process list is poisoned".into()))?
+            .len();
+        match running {
+            1 => {}
+            2 => return Ok(()),
+            _ => return Err(Error::Once("the control plane is stopped".into())),
+        }
+        let command = apiserver_command(
+            &self.bins,
+            &self.run_dir.join("pki"),
+            &self.server_url,
+            self.etcd_port,
+            self.api_port,
+        );
+        let api_log = self.run_dir.join("kube-apiserver.log");
+        let lifetime = self.lifetime;
+        let log = api_log.clone();
+        let process = tokio::task::spawn_blocking(move || {
+            spawn_from_keeper_thread("kube-apiserver", command, log, lifetime)
+        })
+        .await
+        .map_err(|e| Error::Once(format!("starting kube-apiserver panicked: {e}")))??;
+        let mut started = [process];
+        let deadline = Instant::now() + self.start_timeout;
+        if let Err(reason) = wait_apiserver(&self.config, &mut started, deadline).await {
+            let [mut process] = started;
+            process.stop(STOP_GRACE);
+            let etcd_log = self.run_dir.join("etcd.log");
+            return Err(not_ready("kube-apiserver", reason, &[&api_log, &etcd_log]));
+        }
+        let [process] = started;
+        match self.processes.lock() {
+            Ok(mut guard) if guard.len() == 1 => {
+                guard.push(process);
+                Ok(())
+            }
+            _ => Err(Error::Once(
+                "the control plane changed while kube-apiserver was restarting".into(),
+            )),
+        }
+    }
+
+    /// Restarts kube-apiserver: [`ControlPlane::stop_apiserver`] then
+    /// [`ControlPlane::start_apiserver`]. Returns once `/readyz` answers again.
+    pub async fn restart_apiserver(&self) -> Result<()> {
+        self.stop_apiserver().await?;
+        self.start_apiserver().await
     }
 
     /// Stops kube-apiserver, then etcd (SIGTERM, SIGKILL after [`STOP_GRACE`]), waits for both,
@@ -490,6 +551,71 @@ fn remove_abandoned_run_dirs() {
             let _ = fs::remove_dir_all(&dir);
         }
     }
+}
+
+/// The kube-apiserver command line (the same on every start, so a restart keeps port, certificates
+/// and etcd).
+fn apiserver_command(
+    bins: &Binaries,
+    pki: &Path,
+    server_url: &str,
+    etcd_port: u16,
+    api_port: u16,
+) -> Command {
+    let mut api = Command::new(&bins.kube_apiserver);
+    let p = |name: &str| pki.join(name).display().to_string();
+    api.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--advertise-address=127.0.0.1")
+        .arg("--endpoint-reconciler-type=none")
+        .arg(format!("--secure-port={api_port}"))
+        .arg(format!("--cert-dir={}", pki.display()))
+        .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
+        .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
+        .arg(format!("--client-ca-file={}", p("client-ca.crt")))
+        .arg(format!("--service-account-issuer={server_url}"))
+        .arg(format!("--service-account-key-file={}", p("sa.pub")))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            p("sa.key")
+        ))
+        .arg("--service-cluster-ip-range=10.0.0.0/24")
+        .arg("--authorization-mode=RBAC")
+        .arg("--allow-privileged=true")
+        .arg("--disable-admission-plugins=ServiceAccount")
+        .arg("--v=1");
+    api
+}
+
+/// Spawns a process from a thread that lives as long as this process, so that
+/// `PR_SET_PDEATHSIG` (tied to the spawning *thread*) does not kill it when the caller's thread
+/// (e.g. a test runtime's worker) ends.
+fn spawn_from_keeper_thread(
+    name: &'static str,
+    command: Command,
+    log: PathBuf,
+    lifetime: Lifetime,
+) -> Result<ManagedProcess> {
+    if lifetime == Lifetime::Detached {
+        return ManagedProcess::spawn(name, command, &log, lifetime);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("testkit-{name}-keeper"))
+        .spawn(move || {
+            let spawned = ManagedProcess::spawn(name, command, &log, lifetime);
+            let ok = spawned.is_ok();
+            if tx.send(spawned).is_err() || !ok {
+                return;
+            }
+            // The child's PDEATHSIG fires when this thread ends: keep it for the process lifetime.
+            loop {
+                std::thread::park();
+            }
+        })
+        .ctx(|| format!("spawning the {name} keeper thread"))?;
+    rx.recv()
+        .map_err(|_| Error::Once(format!("the {name} keeper thread died")))?
 }
 
 fn not_ready(what: &str, reason: String, logs: &[&Path]) -> Error {

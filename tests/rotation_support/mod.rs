@@ -2,6 +2,8 @@
 //! `docs/security.md` lists), a rotator running as that ServiceAccount, and object builders.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,16 +11,22 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, Secret};
-use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use rndc_warden::api::{
     ANNOTATION_CREATED_AT, ANNOTATION_ROTATED_AT, ANNOTATION_ROTATION_COUNT, Bind9Instance,
-    Bind9InstanceSpec, DATA_RNDC_KEY, DATA_SECRET, RndcKeyConfig,
+    Bind9InstanceSpec, DATA_RNDC_KEY, DATA_SECRET, DEFAULT_KEY_NAME, LABEL_RNDC_KEY,
+    LABEL_RNDC_KEY_VALUE, RndcKeyConfig,
 };
 use rndc_warden::metrics::Metrics;
-use rndc_warden::policy::{PolicyConfig, format_time, parse_time};
+use rndc_warden::policy::{
+    Algorithm, PolicyConfig, format_time, key_facts, key_secret_from_bytes, parse_rndc_key,
+    parse_time, rotation_annotations,
+};
 use rndc_warden::rotation::{self, RotationArgs};
 use rndc_warden_testkit::{Identity, TestEnv, apply_crds, poll_until};
 use serde_json::json;
@@ -27,14 +35,18 @@ use tokio::sync::oneshot;
 /// Deadline of every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// The rules the chart grants the rotator (cluster-wide); `docs/security.md` explains each.
-pub fn rotator_rules() -> Vec<PolicyRule> {
-    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
+/// One RBAC rule.
+pub fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
         api_groups: Some(groups.iter().map(|s| (*s).to_owned()).collect()),
         resources: Some(resources.iter().map(|s| (*s).to_owned()).collect()),
         verbs: verbs.iter().map(|s| (*s).to_owned()).collect(),
         ..PolicyRule::default()
-    };
+    }
+}
+
+/// The rules the chart grants the rotator (cluster-wide); `docs/security.md` explains each.
+pub fn rotator_rules() -> Vec<PolicyRule> {
     vec![
         rule(
             &["bindy.firestoned.io"],
@@ -78,10 +90,17 @@ impl RotationEnv {
     }
 
     pub async fn with_rules(name: &str, rules: Vec<PolicyRule>) -> RotationEnv {
+        Self::with_crds_and_rules(name, &rndc_warden::api::crd_yaml(), rules).await
+    }
+
+    /// A test environment with the given CRDs (e.g. upstream's) installed.
+    pub async fn with_crds_and_rules(
+        name: &str,
+        crds: &str,
+        rules: Vec<PolicyRule>,
+    ) -> RotationEnv {
         let env = TestEnv::new(name).await.expect("test env");
-        apply_crds(&env.client, &rndc_warden::api::crd_yaml(), WAIT)
-            .await
-            .expect("CRDs");
+        apply_crds(&env.client, crds, WAIT).await.expect("CRDs");
         let role_name = format!("rotator-{}", env.ns.name());
         set_role(&env.client, &role_name, rules).await;
         let bindings: Api<RoleBinding> = env.ns.api(&env.client);
@@ -112,6 +131,104 @@ impl RotationEnv {
             .await
             .expect("role binding");
         RotationEnv { env, sa, role_name }
+    }
+
+    /// [`RotationEnv::new`] plus the chart's cluster-scoped read of `clusterbind9providers`
+    /// (ClusterRole `<role>-cluster` and a ClusterRoleBinding), which the admission caches of the
+    /// real binary need: with it the ServiceAccount has exactly what the chart grants with
+    /// `rotation.enabled` and no signal reloads (`docs/security.md`).
+    pub async fn for_binary(name: &str) -> RotationEnv {
+        Self::for_binary_with_crds(name, &rndc_warden::api::crd_yaml()).await
+    }
+
+    /// [`RotationEnv::for_binary`] with the given CRDs installed instead of ours.
+    pub async fn for_binary_with_crds(name: &str, crds: &str) -> RotationEnv {
+        let t = Self::with_crds_and_rules(name, crds, rotator_rules()).await;
+        let cluster_role = format!("{}-cluster", t.role_name);
+        set_role(
+            t.client(),
+            &cluster_role,
+            vec![PolicyRule {
+                api_groups: Some(vec!["bindy.firestoned.io".into()]),
+                resources: Some(vec!["clusterbind9providers".into()]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..PolicyRule::default()
+            }],
+        )
+        .await;
+        let binding = ClusterRoleBinding {
+            metadata: ObjectMeta {
+                name: Some(cluster_role.clone()),
+                ..ObjectMeta::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: cluster_role,
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: "rndc-warden".into(),
+                namespace: Some(t.ns().to_owned()),
+                ..Subject::default()
+            }]),
+        };
+        Api::<ClusterRoleBinding>::all(t.client().clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("cluster role binding");
+        t
+    }
+
+    /// Another ServiceAccount of this namespace with exactly `rules` in it (a Role and a
+    /// RoleBinding named after it), e.g. a human user of `rndc-warden audit`/`rotate`.
+    pub async fn identity_with_rules(
+        &self,
+        name: &str,
+        rules: Vec<PolicyRule>,
+    ) -> rndc_warden_testkit::Identity {
+        let role = Role {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            rules: Some(rules),
+        };
+        Api::<Role>::namespaced(self.client().clone(), self.ns())
+            .create(&PostParams::default(), &role)
+            .await
+            .expect("role");
+        let binding = RoleBinding {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "Role".into(),
+                name: name.to_owned(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: name.to_owned(),
+                namespace: Some(self.ns().to_owned()),
+                ..Subject::default()
+            }]),
+        };
+        Api::<RoleBinding>::namespaced(self.client().clone(), self.ns())
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("role binding");
+        self.env
+            .ns
+            .service_account_identity(self.env.cp, self.client(), name)
+            .await
+            .expect("service account")
+    }
+
+    /// The ServiceAccount's kubeconfig (for the real binary).
+    pub fn sa_kubeconfig(&self) -> &std::path::Path {
+        &self.sa.kubeconfig_path
     }
 
     pub fn ns(&self) -> &str {
@@ -444,4 +561,198 @@ pub async fn events(
                 && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(instance)
         })
         .collect()
+}
+
+/// Creates a managed-looking key Secret (label, valid `algorithm` key, `rndc-created-at` =
+/// `created`, count 0, `rndc-rotate-at`) for an instance, as the rotator would have provisioned
+/// it, so tests can start from keys that are already due without a provisioning pass.
+pub async fn create_key_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    algorithm: Algorithm,
+    created: DateTime<Utc>,
+    rotate_after: chrono::TimeDelta,
+) -> Secret {
+    let bytes: Vec<u8> = (0..algorithm.output_len())
+        .map(|_| rand::random())
+        .collect();
+    let data = key_secret_from_bytes(DEFAULT_KEY_NAME, algorithm, &bytes).expect("key data");
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(BTreeMap::from([(
+                LABEL_RNDC_KEY.to_owned(),
+                LABEL_RNDC_KEY_VALUE.to_owned(),
+            )])),
+            annotations: Some(rotation_annotations(created, 0, Some(rotate_after))),
+            ..ObjectMeta::default()
+        },
+        data: Some(data.into_data()),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create key secret")
+}
+
+/// What is wrong with instance `name` (Secret `<name>-rndc`, Deployment `<name>`) against the
+/// end state of a rotation: a valid `algorithm` key, `count` rotations, the Deployment marker
+/// equal to `rndc-created-at`, and both status blocks mirroring the Secret. Empty when all holds.
+pub fn converged_problems(
+    name: &str,
+    secret: Option<&Secret>,
+    deployment: Option<&Deployment>,
+    instance: Option<&Bind9Instance>,
+    algorithm: Algorithm,
+    count_wanted: u32,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(secret) = secret else {
+        return vec![format!("{name}: no Secret")];
+    };
+    let (facts, findings) = key_facts(secret, &PolicyConfig::default());
+    if !findings.denials.is_empty() {
+        problems.push(format!(
+            "{name}: Secret fails the key checks ({} findings)",
+            findings.denials.len()
+        ));
+    }
+    if facts.algorithm != Some(algorithm) {
+        problems.push(format!("{name}: algorithm {:?}", facts.algorithm));
+    }
+    if key_bytes(secret).len() != algorithm.output_len() {
+        problems.push(format!(
+            "{name}: key is {} bytes, not {}",
+            key_bytes(secret).len(),
+            algorithm.output_len()
+        ));
+    }
+    if parse_rndc_key(&rndc_key_file(secret)).is_err() {
+        problems.push(format!("{name}: rndc.key does not parse"));
+    }
+    if count(secret) != count_wanted {
+        problems.push(format!(
+            "{name}: rotation count {} (wanted {count_wanted})",
+            count(secret)
+        ));
+    }
+    let created = annotation(secret, ANNOTATION_CREATED_AT).unwrap_or_default();
+    let marker = deployment
+        .and_then(|d| d.spec.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(ANNOTATION_ROTATED_AT));
+    if marker.map(String::as_str) != Some(created) {
+        problems.push(format!(
+            "{name}: Deployment marker {marker:?} != rndc-created-at {created}"
+        ));
+    }
+    let status = instance.and_then(|i| i.status.as_ref());
+    for (field, block) in [
+        (
+            "rndcKeyRotationStatus",
+            status.and_then(|s| s.rndc_key_rotation_status.as_ref()),
+        ),
+        (
+            "rndcKeyRotation",
+            status.and_then(|s| s.rndc_key_rotation.as_ref()),
+        ),
+    ] {
+        let ok = block.is_some_and(|b| {
+            parse_time(&b.created_at) == parse_time(created)
+                && b.rotation_count == Some(count(secret))
+        });
+        if !ok {
+            problems.push(format!(
+                "{name}: status.{field} {block:?} does not match the Secret ({created}, {})",
+                count(secret)
+            ));
+        }
+    }
+    problems
+}
+
+/// Lists Secrets, Deployments and instances of `ns` and checks every name in `names` with
+/// [`converged_problems`]; returns all problems.
+pub async fn all_converged_problems(
+    client: &Client,
+    ns: &str,
+    names: &[String],
+    algorithm: Algorithm,
+    count_wanted: u32,
+) -> Result<Vec<String>, kube::Error> {
+    use kube::ResourceExt as _;
+    use std::collections::HashMap;
+    let lp = kube::api::ListParams::default();
+    let secrets: HashMap<String, Secret> = Api::<Secret>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .map(|s| (s.name_any(), s))
+        .collect();
+    let deployments: HashMap<String, Deployment> =
+        Api::<Deployment>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(|d| (d.name_any(), d))
+            .collect();
+    let instances: HashMap<String, Bind9Instance> =
+        Api::<Bind9Instance>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(|i| (i.name_any(), i))
+            .collect();
+    Ok(names
+        .iter()
+        .flat_map(|name| {
+            converged_problems(
+                name,
+                secrets.get(&format!("{name}-rndc")),
+                deployments.get(name),
+                instances.get(name),
+                algorithm,
+                count_wanted,
+            )
+        })
+        .collect())
+}
+
+/// Polls [`all_converged_problems`] until it is empty; panics with the remaining problems (at
+/// most 20) after `timeout`. Returns how long it took.
+pub async fn wait_converged(
+    client: &Client,
+    ns: &str,
+    names: &[String],
+    algorithm: Algorithm,
+    count_wanted: u32,
+    timeout: Duration,
+) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let problems = all_converged_problems(client, ns, names, algorithm, count_wanted)
+            .await
+            .unwrap_or_else(|e| vec![format!("listing: {e}")]);
+        if problems.is_empty() {
+            return started.elapsed();
+        }
+        if started.elapsed() > timeout {
+            panic!(
+                "not converged after {timeout:?}: {} problems, e.g.\n{}",
+                problems.len(),
+                problems
+                    .iter()
+                    .take(20)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
