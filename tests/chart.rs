@@ -965,13 +965,14 @@ impl Warden {
     }
 
     /// Runs `rndc-warden serve` as the Deployment's container would: its env (downward API
-    /// fields resolved for a pod named `pod` in `namespace`), with the listeners on loopback.
+    /// fields resolved for a pod in `namespace`), with the listeners on loopback. Returns once
+    /// `wait_for` (`/readyz`, or `/healthz` when the watch caches cannot sync) answers 200.
     async fn start_like_the_deployment(
         deployment: &Value,
         namespace: &str,
         kubeconfig: &Path,
-        port: u16,
-        probe: u16,
+        (port, probe): (u16, u16),
+        wait_for: &str,
     ) -> Warden {
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1011,10 +1012,10 @@ impl Warden {
         };
         let ready = format!("127.0.0.1:{probe}");
         let started = Instant::now();
-        while !http_get_ok(&ready, "/readyz").await {
+        while !http_get_ok(&ready, wait_for).await {
             assert!(
                 started.elapsed() < Duration::from_secs(120),
-                "rndc-warden never became ready:\n{}",
+                "rndc-warden never answered {wait_for}:\n{}",
                 warden.logs()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1381,8 +1382,8 @@ async fn helm_install_serves_admission_as_the_chart_service_account_and_upgrade_
         &deployment,
         &release_ns,
         &identity.kubeconfig_path,
-        port,
-        probe,
+        (port, probe),
+        "/readyz",
     )
     .await;
 
@@ -1688,4 +1689,138 @@ fn every_value_is_documented_in_the_chart_readme() {
         "values not documented in charts/rndc-warden/README.md: {missing:?}"
     );
     assert!(paths.len() > 80, "found only {} values", paths.len());
+}
+
+/// PEM blocks in a base64-encoded `data` value of a Secret.
+fn pem_count(secret: &Value, key: &str) -> usize {
+    let data = secret["data"][key].as_str().unwrap_or_default();
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&pem)
+        .matches("-----BEGIN CERTIFICATE-----")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_managed_certificates_renew_through_the_chart_without_a_failed_admission_call() {
+    let env = TestEnv::new("chart-renewal").await.expect("test env");
+    let workload = TestNamespace::create(&env.client, "chart-renewal-workload")
+        .await
+        .expect("workload namespace");
+    let release_ns = env.ns.name().to_owned();
+    let (port, probe) = (free_port(), free_port());
+    // Short lifetimes: the CA is replaced (staged, promoted, pruned) within about 30 s. Only the
+    // Secret webhook is exercised, so the CRDs are not needed (and stay with the install test).
+    let values = values_file(&format!(
+        concat!(
+            "crds:\n  install: false\nrotation:\n  enabled: false\n",
+            "webhook:\n  url: https://127.0.0.1:{port}\n  namespaceSelector:\n    matchLabels:\n      {label}: {ns}\n",
+            "certificates:\n  selfManaged:\n    caLifetime: 30s\n    certLifetime: 12s\n",
+            "    propagationDelay: 2s\n    checkInterval: 1s\n"
+        ),
+        port = port,
+        label = rndc_warden_testkit::TEST_ID_LABEL,
+        ns = workload.name()
+    ));
+    let chart = chart_dir();
+    cluster_helm(
+        &env,
+        &[
+            "install",
+            "renew",
+            path_str(&chart),
+            "--namespace",
+            &release_ns,
+            "--values",
+            path_str(values.path()),
+        ],
+    )
+    .await;
+    let service_account = "renew-rndc-warden";
+    let username = format!("system:serviceaccount:{release_ns}:{service_account}");
+    let token = mint_token(&env.client, &release_ns, service_account, 3600)
+        .await
+        .expect("TokenRequest");
+    let identity = Identity::from_token(env.cp, &format!("{release_ns}-renew"), &username, &token)
+        .await
+        .expect("identity");
+    let deployment = get_json(
+        &env,
+        &["deployment", "renew-rndc-warden", "-n", &release_ns],
+    )
+    .await;
+    let warden = Warden::start_like_the_deployment(
+        &deployment,
+        &release_ns,
+        &identity.kubeconfig_path,
+        (port, probe),
+        // No CRDs here, so the watch caches never sync; the Secret webhook needs none.
+        "/healthz",
+    )
+    .await;
+
+    // A labelled Secret whose rndc.key does not parse: every answered call denies it.
+    let bad_secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: broken\n  namespace: {}\n  labels:\n    bindy.firestoned.io/rndc-key: \"true\"\nstringData:\n  rndc.key: not a key\n",
+        workload.name()
+    );
+    let denied =
+        |output: &str| output.contains("denied the request") && output.contains("rndc.key");
+    let started = Instant::now();
+    loop {
+        let (ok, output) = kubectl_apply(&env, &bad_secret, &["--dry-run=server"]).await;
+        if !ok && denied(&output) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the webhook never answered: {output}\n{}",
+            warden.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Admission calls through at least one CA replacement; none may fail.
+    let signing = |s: &Value| {
+        s["data"]["ca-signing.crt"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let first = get_json(
+        &env,
+        &["secret", "renew-rndc-warden-tls", "-n", &release_ns],
+    )
+    .await;
+    let (mut calls, mut failures, mut saw_overlap, mut promoted) = (0, Vec::new(), false, false);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(45) && !(saw_overlap && promoted && calls > 50) {
+        let (ok, output) = kubectl_apply(&env, &bad_secret, &["--dry-run=server"]).await;
+        calls += 1;
+        if ok || !denied(&output) {
+            failures.push(output);
+        }
+        let secret = get_json(
+            &env,
+            &["secret", "renew-rndc-warden-tls", "-n", &release_ns],
+        )
+        .await;
+        saw_overlap |= pem_count(&secret, "ca.crt") >= 2;
+        promoted |= signing(&secret) != signing(&first);
+    }
+    assert!(
+        saw_overlap && promoted,
+        "no CA replacement within 45 s (overlap seen: {saw_overlap}, new CA signing: {promoted})\n{}",
+        warden.logs()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} admission calls failed during renewal, e.g.:\n{}\n{}",
+        failures.len(),
+        failures[0],
+        warden.logs()
+    );
+    drop(warden);
+    cluster_helm(&env, &["uninstall", "renew", "--namespace", &release_ns]).await;
 }
