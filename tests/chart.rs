@@ -1435,6 +1435,47 @@ async fn helm_install_serves_admission_as_the_chart_service_account_and_upgrade_
         bare["spec"]["rndcKey"]["algorithm"], "hmac-sha256",
         "{bare}"
     );
+    // The rotator, elected through the chart's Lease, provisions the instance's managed key
+    // Secret with the chart's RBAC.
+    let started = Instant::now();
+    let provisioned = loop {
+        let out = env
+            .cp
+            .kubectl([
+                "get",
+                "secret",
+                "bare-rndc",
+                "-n",
+                workload.name(),
+                "-o",
+                "json",
+            ])
+            .await
+            .expect("kubectl runs");
+        if out.success() {
+            break serde_json::from_str::<Value>(&out.stdout).expect("JSON");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the rotator never provisioned bare-rndc: {}\n{}",
+            out.stderr,
+            warden.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        provisioned["metadata"]["labels"]["bindy.firestoned.io/rndc-key"], "true",
+        "{provisioned}"
+    );
+    let lease = get_json(
+        &env,
+        &["lease", "warden-rndc-warden-rotator", "-n", &release_ns],
+    )
+    .await;
+    assert_eq!(
+        lease["spec"]["holderIdentity"], "rndc-warden-local-0",
+        "the chart's Lease is held by the replica"
+    );
     // Key Secrets reach the webhook only with the label (objectSelector).
     let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     let secret_yaml = |name: &str, label: &str| {
