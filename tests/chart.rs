@@ -567,6 +567,14 @@ fn every_option_renders_what_it_promises() {
                     "{name}"
                 );
                 assert!(workload.contains(&rule("", "pods", "list")), "{name}");
+                assert!(
+                    workload.contains(&rule("", "pods/exec", "get")),
+                    "{name}: exec over WebSocket is authorized as get too"
+                );
+                assert!(env_is(
+                    "RNDC_WARDEN_RELOAD_KEY_PATH",
+                    "/etc/bind/keys/rndc.key"
+                ));
                 assert!(env_is("RNDC_WARDEN_RELOAD_STRATEGY", "signal"));
                 assert!(env_is(
                     "RNDC_WARDEN_RELOAD_POD_SELECTOR",
