@@ -14,6 +14,18 @@ use serde::de::DeserializeOwned;
 use crate::api::{Bind9Cluster, Bind9Instance, ClusterBind9Provider};
 use crate::probe::Readiness;
 
+/// kubectl's copy of the last applied manifest: large, and never read by rndc-warden.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Keeps the cached object small: admission reads specs, names and owners only.
+fn strip<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
 /// A background task of the cache.
 pub type CacheTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -50,7 +62,11 @@ pub struct StartedCache {
     pub tasks: Vec<CacheTask>,
 }
 
-fn reflect<K>(api: Api<K>, stop: impl Future<Output = ()> + Send + 'static) -> (Store<K>, CacheTask)
+fn reflect<K>(
+    api: Api<K>,
+    stop: impl Future<Output = ()> + Send + 'static,
+    shrink: fn(&mut K),
+) -> (Store<K>, CacheTask)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -63,6 +79,7 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(shrink)
         .reflect(writer);
     let task = async move {
         let kind = K::kind(&());
@@ -107,10 +124,14 @@ impl ClusterCache {
                     Api::namespaced(client.clone(), ns),
                 ),
             };
-            let (store, task) = reflect::<Bind9Instance>(instance_api, stop());
+            let (store, task) = reflect::<Bind9Instance>(instance_api, stop(), |instance| {
+                strip(instance);
+                // Admission never reads status (the rotator keeps its own cache).
+                instance.status = None;
+            });
             instances.push(store);
             tasks.push(task);
-            let (store, task) = reflect::<Bind9Cluster>(cluster_api, stop());
+            let (store, task) = reflect::<Bind9Cluster>(cluster_api, stop(), strip);
             clusters.push(store);
             tasks.push(task);
         }
@@ -128,7 +149,7 @@ impl ClusterCache {
             }
         };
         let providers = if has_providers {
-            let (store, task) = reflect::<ClusterBind9Provider>(Api::all(client), stop());
+            let (store, task) = reflect::<ClusterBind9Provider>(Api::all(client), stop(), strip);
             tasks.push(task);
             Some(store)
         } else {

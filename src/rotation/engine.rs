@@ -98,8 +98,14 @@ where
     reader
 }
 
+/// Drops what the rotator never reads and what costs the most memory per object: managed fields
+/// and kubectl's `last-applied-configuration` copy (for a Secret, a second copy of its data).
 fn strip_managed_fields<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(crate::cache::LAST_APPLIED_ANNOTATION);
+    }
 }
 
 /// Keeps only the identity and version of a Secret's metadata (its annotations may hold a
