@@ -356,7 +356,11 @@ pub fn write_state(secret: &mut Secret, state: &CertState) {
             annotations.remove(ANNOTATION_NEXT_CA_STAGED_AT);
         }
     }
-    secret.type_ = Some("kubernetes.io/tls".to_owned());
+    // Only a new Secret gets the TLS type: the type of an existing one cannot change, and a
+    // chart may pre-create it as Opaque.
+    secret
+        .type_
+        .get_or_insert_with(|| "kubernetes.io/tls".to_owned());
 }
 
 /// The self-managed certificate loop's handles.
@@ -543,79 +547,75 @@ impl SelfManagedCerts {
         Ok(true)
     }
 
+    /// Every caBundle under the configurations called `name` (mutating and validating).
     async fn bundles_of(&self, name: &str) -> Result<Vec<String>, CertError> {
         let text = |b: Option<&ByteString>| {
             b.map(|b| String::from_utf8_lossy(&b.0).into_owned())
                 .unwrap_or_default()
         };
-        if let Some(config) = self
-            .mutating
-            .get_opt(name)
-            .await
-            .map_err(api_error(format!("reading webhook configuration {name}")))?
-        {
-            return Ok(config
-                .webhooks
-                .iter()
-                .flatten()
-                .map(|w| text(w.client_config.ca_bundle.as_ref()))
-                .collect());
+        let mut bundles = Vec::new();
+        if let Some(config) = get_config(&self.mutating, name).await? {
+            let hooks = config.webhooks.iter().flatten();
+            bundles.extend(hooks.map(|w| text(w.client_config.ca_bundle.as_ref())));
         }
-        if let Some(config) = self
-            .validating
-            .get_opt(name)
-            .await
-            .map_err(api_error(format!("reading webhook configuration {name}")))?
-        {
-            return Ok(config
-                .webhooks
-                .iter()
-                .flatten()
-                .map(|w| text(w.client_config.ca_bundle.as_ref()))
-                .collect());
+        if let Some(config) = get_config(&self.validating, name).await? {
+            let hooks = config.webhooks.iter().flatten();
+            bundles.extend(hooks.map(|w| text(w.client_config.ca_bundle.as_ref())));
         }
-        Ok(Vec::new())
+        Ok(bundles)
     }
 
-    /// Sets every webhook's caBundle to `bundle` where it differs (replace with resourceVersion).
+    /// Sets every webhook's caBundle to `bundle` where it differs (replace with resourceVersion),
+    /// in the mutating and the validating configuration of each name.
     async fn ensure_webhooks_trust(&self, bundle: &str) -> Result<(), CertError> {
         let wanted = ByteString(bundle.as_bytes().to_vec());
         let pp = PostParams::default();
         for name in &self.webhook_configs {
             let action = || format!("updating the caBundle of webhook configuration {name}");
-            if let Some(mut config) = self
-                .mutating
-                .get_opt(name)
-                .await
-                .map_err(api_error(action()))?
-            {
+            let mut found = false;
+            if let Some(mut config) = get_config(&self.mutating, name).await? {
+                found = true;
                 let hooks = config.webhooks.iter_mut().flatten();
                 if set_bundles(hooks.map(|w| &mut w.client_config.ca_bundle), &wanted) {
                     self.mutating
                         .replace(name, &pp, &config)
                         .await
                         .map_err(api_error(action()))?;
-                    tracing::info!(configuration = %name, "patched caBundle");
+                    tracing::info!(configuration = %name, kind = "mutating", "patched caBundle");
                 }
-            } else if let Some(mut config) = self
-                .validating
-                .get_opt(name)
-                .await
-                .map_err(api_error(action()))?
-            {
+            }
+            if let Some(mut config) = get_config(&self.validating, name).await? {
+                found = true;
                 let hooks = config.webhooks.iter_mut().flatten();
                 if set_bundles(hooks.map(|w| &mut w.client_config.ca_bundle), &wanted) {
                     self.validating
                         .replace(name, &pp, &config)
                         .await
                         .map_err(api_error(action()))?;
-                    tracing::info!(configuration = %name, "patched caBundle");
+                    tracing::info!(configuration = %name, kind = "validating", "patched caBundle");
                 }
-            } else {
+            }
+            if !found {
                 tracing::warn!(configuration = %name, "webhook configuration not found; its caBundle cannot be kept current");
             }
         }
         Ok(())
+    }
+}
+
+/// Reads a webhook configuration; missing, or not readable because RBAC grants the name only
+/// for the other kind, both mean "not this kind".
+async fn get_config<K>(api: &Api<K>, name: &str) -> Result<Option<K>, CertError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(config) => Ok(config),
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
+        Err(source) => Err(CertError::Api {
+            action: format!("reading webhook configuration {name}"),
+            source,
+        }),
     }
 }
 
