@@ -13,7 +13,10 @@ use rndc_warden::policy::{
 
 fn no_internal_error(decision: &policy::Decision) {
     assert!(
-        !decision.denials.iter().any(|d| d.starts_with("internal error")),
+        !decision
+            .denials
+            .iter()
+            .any(|d| d.starts_with("internal error")),
         "{:?}",
         decision.denials
     );
@@ -23,8 +26,13 @@ fn no_internal_error(decision: &policy::Decision) {
 
 fuzz_target!(|data: &[u8]| {
     let cfg = PolicyConfig::default();
-    let now = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).single().unwrap_or_default();
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let now = Utc
+        .with_ymd_and_hms(2026, 3, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
     let cluster = serde_json::from_value::<Bind9Cluster>(value.clone()).ok();
     if let Some(cluster) = &cluster {
         no_internal_error(&policy::review_cluster(cluster, &cfg));
