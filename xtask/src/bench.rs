@@ -1,0 +1,59 @@
+//! `cargo xtask bench admission`: a load benchmark of the validating webhook over TLS, next to a
+//! floor server (the cheapest possible axum + rustls webhook) measured in the same run.
+//!
+//! The orchestrating command builds release binaries and then runs the floor server and the load
+//! generator as hidden subcommands of the release `xtask` binary, so nothing measured is a debug
+//! build. Figures are printed, not asserted.
+
+mod admission;
+mod cpu;
+mod floor;
+mod load;
+mod report;
+mod review;
+mod tls;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    target: BenchTarget,
+}
+
+/// What to benchmark.
+#[derive(Debug, Subcommand)]
+enum BenchTarget {
+    /// Drive `rndc-warden serve`'s /validate over TLS and compare it with a floor server:
+    /// peak requests/s, latency at half the floor's peak rate, RSS.
+    Admission(admission::AdmissionArgs),
+    /// Internal: the floor server (run from the release binary by `bench admission`).
+    #[command(hide = true)]
+    FloorServer(floor::FloorArgs),
+    /// Internal: the load generator (run from the release binary by `bench admission`); prints a
+    /// JSON report.
+    #[command(hide = true)]
+    Load(load::LoadArgs),
+}
+
+/// Runs one benchmark command.
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    match args.target {
+        BenchTarget::Admission(args) => admission::run(args),
+        BenchTarget::FloorServer(args) => floor::run(args),
+        BenchTarget::Load(args) => load::run(args),
+    }
+}
+
+/// A multi-threaded tokio runtime with one worker per CPU, as `rndc-warden serve` uses.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building a tokio runtime")
+}
