@@ -204,20 +204,16 @@ fn answer(
             None,
         );
     }
-    let raw: Value = match serde_json::from_slice(body) {
-        Ok(raw) => raw,
-        Err(error) => {
-            let message = format!(
+    let parsed = match fast_parse(body) {
+        Some(request) => Ok(request),
+        None => match serde_json::from_slice::<Value>(body) {
+            Ok(raw) => parse_review(raw),
+            Err(error) => Err(Malformed::NotAReview(format!(
                 "request body is not JSON ({error}); send an admission.k8s.io/v1 AdmissionReview"
-            );
-            return (
-                plain_error(StatusCode::BAD_REQUEST, message),
-                invalid_labels(endpoint),
-                None,
-            );
-        }
+            ))),
+        },
     };
-    let request = match parse_review(raw) {
+    let request = match parsed {
         Ok(request) => request,
         Err(Malformed::NotAReview(message)) => {
             return (
@@ -356,34 +352,44 @@ enum Malformed {
     },
 }
 
+/// The common case in one pass: a well-formed v1 AdmissionReview with a request. Anything else
+/// returns `None` and goes through [`parse_review`] for a precise message.
+fn fast_parse(body: &[u8]) -> Option<AdmissionRequest<DynamicObject>> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).ok()?;
+    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+        return None;
+    }
+    review.try_into().ok()
+}
+
+/// Works out what is wrong with a body that [`fast_parse`] refused, or parses it after all.
 fn parse_review(raw: Value) -> Result<AdmissionRequest<DynamicObject>, Malformed> {
-    let Value::Object(map) = &raw else {
+    let field = |value: &Value, key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    if !raw.is_object() {
         return Err(Malformed::NotAReview(
             "request body is not a JSON object; send an admission.k8s.io/v1 AdmissionReview"
                 .to_owned(),
         ));
-    };
-    let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
+    }
+    let kind = field(&raw, "kind");
     if kind != "AdmissionReview" {
         return Err(Malformed::NotAReview(format!(
             "request body has kind {kind:?}, expected \"AdmissionReview\" (admission.k8s.io/v1)"
         )));
     }
-    let api_version = map
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let Some(request) = map.get("request") else {
+    let api_version = field(&raw, "apiVersion");
+    let Some(request) = raw.get("request") else {
         return Err(Malformed::NotAReview(
             "AdmissionReview has no request; the apiserver always sends one".to_owned(),
         ));
     };
-    let uid = request
-        .get("uid")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let uid = field(request, "uid");
     if api_version != "admission.k8s.io/v1" {
         return Err(Malformed::BadRequest {
             api_version: if api_version.is_empty() {
@@ -398,7 +404,7 @@ fn parse_review(raw: Value) -> Result<AdmissionRequest<DynamicObject>, Malformed
         });
     }
     let review: AdmissionReview<DynamicObject> =
-        serde_json::from_value(raw.clone()).map_err(|error| Malformed::BadRequest {
+        serde_json::from_value(raw).map_err(|error| Malformed::BadRequest {
             api_version: api_version.clone(),
             uid: uid.clone(),
             message: format!("AdmissionReview request is malformed: {error}"),
