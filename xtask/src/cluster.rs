@@ -197,3 +197,18 @@ fn status(state_dir: &Path) -> Result<ExitCode> {
         }
     }
 }
+
+/// Starts the control plane recorded in `state_dir` unless it already runs (`cargo xtask dev`).
+pub(crate) fn up_in(state_dir: &Path) -> Result<()> {
+    up(state_dir).map(|_| ())
+}
+
+/// The running control plane recorded in `state_dir`, if any.
+pub(crate) fn running(state_dir: &Path) -> Result<Option<ControlPlaneInfo>> {
+    Ok(read_state(state_dir)?.filter(is_running))
+}
+
+/// Stops the control plane recorded in `state_dir`.
+pub(crate) fn down_in(state_dir: &Path) -> Result<ExitCode> {
+    down(state_dir)
+}

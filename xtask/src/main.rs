@@ -2,11 +2,14 @@
 //!
 //! - `cargo xtask cluster up|down|env|status`: a local kube-apiserver + etcd (no containers),
 //!   with kubectl and helm, for trying rndc-warden by hand.
+//! - `cargo xtask dev [down]`: the whole system locally (chart installed, rndc-warden running as
+//!   its Deployment would, examples applied).
 //! - `cargo xtask bench admission`: a load benchmark of the validating webhook against a floor
 //!   server, printed (see `docs/benchmarks.md`).
 
 mod bench;
 mod cluster;
+mod dev;
 
 use std::process::ExitCode;
 
@@ -25,6 +28,9 @@ struct Cli {
 enum Command {
     /// A local control plane (etcd + kube-apiserver v1.37, kubectl, helm) on loopback ports.
     Cluster(cluster::ClusterArgs),
+    /// The whole system locally: control plane, the Helm chart, rndc-warden running as the
+    /// chart's Deployment would, the examples applied (`cargo xtask dev down` stops it).
+    Dev(dev::DevArgs),
     /// Benchmarks on release builds: `bench admission` (the HTTPS admission webhook under load).
     Bench(bench::BenchArgs),
 }
@@ -34,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Cluster(args) => cluster::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Dev(args) => dev::run(args),
     };
     match result {
         Ok(code) => code,
