@@ -281,31 +281,7 @@ pub async fn collect(
 
 /// Runs `audit`; exit code 0 when every row is OK or USER-MANAGED, 1 otherwise, 2 on errors.
 pub fn run(args: &AuditArgs) -> ExitCode {
-    let policy = match args.policy.to_config() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    runtime.block_on(async {
-        let client = match Client::try_default().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: no usable kubeconfig: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    crate::cli::with_cluster(&args.policy, |client, policy| async move {
         let namespace = if args.all_namespaces {
             None
         } else {

@@ -65,3 +65,39 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     }
 }
+
+/// Runs a command that talks to the cluster like kubectl does: the policy flags are checked, a
+/// client is built from the normal kubeconfig (or in-cluster config), and `work` runs on a
+/// single-threaded runtime. A problem before `work` starts is exit code 2, with the reason.
+pub(crate) fn with_cluster<F, Fut>(policy: &crate::config::PolicyArgs, work: F) -> ExitCode
+where
+    F: FnOnce(kube::Client, crate::policy::PolicyConfig) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let policy = match policy.to_config() {
+        Ok(policy) => policy,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async {
+        match kube::Client::try_default().await {
+            Ok(client) => work(client, policy).await,
+            Err(error) => {
+                eprintln!("error: no usable kubeconfig: {error}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}

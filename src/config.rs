@@ -94,10 +94,65 @@ impl TryFrom<&PolicyArgs> for PolicyConfig {
     }
 }
 
+/// Parses an operational duration flag: `500ms`, `10s`, `5m`, `1h` or `90d` (not `rotateAfter`,
+/// whose grammar is the policy's).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit; use e.g. 500ms, 10s, 5m or 1h"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number; use e.g. 10s"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(number)),
+        "s" => Ok(std::time::Duration::from_secs(number)),
+        "m" => Ok(std::time::Duration::from_secs(number.saturating_mul(60))),
+        "h" => Ok(std::time::Duration::from_secs(number.saturating_mul(3600))),
+        "d" => Ok(std::time::Duration::from_secs(
+            number.saturating_mul(86_400),
+        )),
+        _ => Err(format!(
+            "{text:?} has unknown unit {unit:?}; use ms, s, m, h or d"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_bare_numbers() {
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("10s"),
+            Ok(std::time::Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_duration("2m"),
+            Ok(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_duration("730d"),
+            Ok(std::time::Duration::from_secs(730 * 86_400))
+        );
+        assert!(
+            parse_duration("10")
+                .expect_err("no unit")
+                .contains("no unit")
+        );
+        assert!(
+            parse_duration("10y")
+                .expect_err("bad unit")
+                .contains("unknown unit")
+        );
+    }
 
     #[derive(Debug, Parser)]
     struct Cli {

@@ -173,37 +173,26 @@ pub async fn request(
 /// Runs `rotate` with the normal kubeconfig; exit code 0 on success, 1 when refused, 2 on usage
 /// or connection errors.
 pub fn run(args: &RotateArgs) -> ExitCode {
-    let policy = match args.policy.to_config() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    runtime.block_on(async {
-        let client = match Client::try_default().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: no usable kubeconfig: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    crate::cli::with_cluster(&args.policy, |client, policy| async move {
         let namespace = args
             .namespace
             .clone()
             .unwrap_or_else(|| client.default_namespace().to_owned());
-        match request(&client, &namespace, &args.instance, args.force, &policy, Utc::now()).await {
-            Ok(Requested::Triggered { namespace, secret, created_at }) => {
+        match request(
+            &client,
+            &namespace,
+            &args.instance,
+            args.force,
+            &policy,
+            Utc::now(),
+        )
+        .await
+        {
+            Ok(Requested::Triggered {
+                namespace,
+                secret,
+                created_at,
+            }) => {
                 println!(
                     "Requested rotation of Secret {namespace}/{secret} (rndc-created-at back-dated to \
                      {created_at}); the rotator replaces the key and rolls the pods now"

@@ -34,6 +34,7 @@ pub use exec::{KubeExec, PodExec};
 pub use keys::{KeySource, OsKeySource, QpsLimiter};
 pub use reload::ReloadStrategy;
 
+use crate::config::parse_duration;
 use crate::metrics::Metrics;
 use crate::policy::PolicyConfig;
 
@@ -221,27 +222,6 @@ impl RotationArgs {
             let suffix: u32 = rand::random();
             format!("{host}-{suffix:08x}")
         })
-    }
-}
-
-/// Parses `500ms`, `10s`, `5m` or `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit; use e.g. 500ms, 10s, 5m or 1h"))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a whole number; use e.g. 10s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
-        "h" => Ok(Duration::from_secs(number.saturating_mul(3600))),
-        _ => Err(format!(
-            "{text:?} has an unknown unit; use ms, s, m or h, e.g. 10s"
-        )),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::admission::server::{ConnectionLimits, serve_tls};
 use crate::admission::tls::{self, ReloadOutcome, ReloadingTls, TlsFiles};
 use crate::admission::{self, AdmissionPolicy, AdmissionState, RequestLimits};
 use crate::cache::ClusterCache;
-use crate::config::PolicyArgs;
+use crate::config::{PolicyArgs, parse_duration};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::probe::{self, Readiness};
 use crate::rotation::RotationArgs;
@@ -83,28 +83,6 @@ pub struct ServeArgs {
     /// The rotator (leader-elected; runs when cluster credentials are found).
     #[command(flatten)]
     pub rotation: RotationArgs,
-}
-
-/// Parses `500ms`, `10s`, `5m`, `1h` or `90d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit; use e.g. 500ms, 10s, 5m or 1h"))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a whole number; use e.g. 10s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        "h" => Ok(Duration::from_secs(number * 3600)),
-        "d" => Ok(Duration::from_secs(number * 86_400)),
-        _ => Err(format!(
-            "{text:?} has unknown unit {unit:?}; use ms, s, m, h or d"
-        )),
-    }
 }
 
 type StopFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -352,32 +330,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units_and_reject_bare_numbers() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(
-            parse_duration("730d"),
-            Ok(Duration::from_secs(730 * 86_400))
-        );
-        assert!(
-            parse_duration("10")
-                .expect_err("no unit")
-                .contains("no unit")
-        );
-        assert!(
-            parse_duration("10y")
-                .expect_err("bad unit")
-                .contains("unknown unit")
-        );
-    }
-}
-
-#[cfg(test)]
-mod cli_tests {
     use clap::Parser as _;
 
     #[test]

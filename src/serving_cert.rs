@@ -64,16 +64,16 @@ pub struct SelfManagedCertArgs {
     )]
     pub cert_dns_names: Vec<String>,
     /// Lifetime of a generated CA.
-    #[arg(long, env = "RNDC_WARDEN_CERT_CA_LIFETIME", default_value = "730d", value_parser = crate::serve::parse_duration)]
+    #[arg(long, env = "RNDC_WARDEN_CERT_CA_LIFETIME", default_value = "730d", value_parser = crate::config::parse_duration)]
     pub cert_ca_lifetime: Duration,
     /// Lifetime of a serving certificate (capped at its CA's expiry).
-    #[arg(long, env = "RNDC_WARDEN_CERT_LIFETIME", default_value = "90d", value_parser = crate::serve::parse_duration)]
+    #[arg(long, env = "RNDC_WARDEN_CERT_LIFETIME", default_value = "90d", value_parser = crate::config::parse_duration)]
     pub cert_lifetime: Duration,
     /// How long a newly trusted CA must sit in the caBundle before serving from it.
-    #[arg(long, env = "RNDC_WARDEN_CERT_PROPAGATION_DELAY", default_value = "30s", value_parser = crate::serve::parse_duration)]
+    #[arg(long, env = "RNDC_WARDEN_CERT_PROPAGATION_DELAY", default_value = "30s", value_parser = crate::config::parse_duration)]
     pub cert_propagation_delay: Duration,
     /// How often the Secret and the webhook configurations are checked.
-    #[arg(long, env = "RNDC_WARDEN_CERT_CHECK_INTERVAL", default_value = "60s", value_parser = crate::serve::parse_duration)]
+    #[arg(long, env = "RNDC_WARDEN_CERT_CHECK_INTERVAL", default_value = "60s", value_parser = crate::config::parse_duration)]
     pub cert_check_interval: Duration,
 }
 
