@@ -81,7 +81,11 @@ fn the_release_binary_the_image_copies_runs() {
         "`{BUILD}` failed:\n{}",
         String::from_utf8_lossy(&build.stderr)
     );
-    let binary = root().join("target/release/rndc-warden");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let binary = target.join("release/rndc-warden");
     let size = std::fs::metadata(&binary).expect("release binary").len();
     let mib = size as f64 / (1024.0 * 1024.0);
     println!(
