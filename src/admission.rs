@@ -19,15 +19,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::{AdmissionLabels, Decision, Endpoint, EndpointLabels, Metrics};
-pub use review::AdmissionPolicy;
+pub use review::{AdmissionPolicy, ReviewRequest};
 
 /// The largest request body accepted, as the apiserver's own webhook client allows (7 MiB).
 pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
@@ -228,10 +227,9 @@ fn answer(
             message,
         }) => {
             tracing::info!(%uid, %message, "denied a malformed admission request");
-            let mut response = AdmissionResponse::invalid(&message);
-            response.uid = uid;
+            let response = ResponseBody::invalid(uid, message);
             return (
-                review_json(&api_version, response),
+                review_json(&api_version, &response),
                 invalid_labels(endpoint),
                 None,
             );
@@ -240,27 +238,24 @@ fn answer(
     let verdict = state.policy.review(endpoint, &request);
     let kind = request.kind.kind.clone();
     let operation = operation_name(&request);
-    let name = if request.name.is_empty() {
-        object_name(&request)
-    } else {
-        request.name.clone()
-    };
     let namespace = request.namespace.clone().unwrap_or_default();
-    let mut response = AdmissionResponse::from(&request);
+    let mut response = ResponseBody::allowed(request.uid.clone());
     let mut reason = None;
     let decision = if let Some(message) = verdict.denial {
         reason = Some(message.clone());
-        response = response.deny(message);
+        response.deny(message);
         Decision::Denied
     } else if let Some(patch) = verdict.patch {
-        match response.clone().with_patch(patch) {
-            Ok(patched) => {
-                response = patched;
+        match serde_json::to_vec(&patch) {
+            Ok(bytes) => {
+                use base64::Engine as _;
+                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+                response.patch_type = Some("JSONPatch");
                 Decision::Patched
             }
             Err(error) => {
                 tracing::error!(uid = %request.uid, %error, "could not encode the JSON patch");
-                response = response.deny("rndc-warden could not encode its patch; see its logs");
+                response.deny("rndc-warden could not encode its patch; see its logs".to_owned());
                 Decision::Denied
             }
         }
@@ -274,7 +269,7 @@ fn answer(
         uid: request.uid.clone(),
         kind: kind.clone(),
         namespace,
-        name,
+        name: request.name.clone(),
         operation: operation.clone(),
         reason,
     };
@@ -285,59 +280,95 @@ fn answer(
         decision,
     };
     (
-        review_json("admission.k8s.io/v1", response),
+        review_json("admission.k8s.io/v1", &response),
         labels,
         Some(summary),
     )
 }
 
-fn operation_name(request: &AdmissionRequest<DynamicObject>) -> String {
+fn operation_name(request: &ReviewRequest) -> String {
     serde_json::to_value(&request.operation)
         .ok()
         .and_then(|value| value.as_str().map(str::to_owned))
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn object_name(request: &AdmissionRequest<DynamicObject>) -> String {
-    request
-        .object
-        .as_ref()
-        .or(request.old_object.as_ref())
-        .and_then(|object| {
-            object
-                .metadata
-                .name
-                .clone()
-                .or(object.metadata.generate_name.clone())
-        })
-        .unwrap_or_default()
+/// `response.status` of an AdmissionReview: a `meta/v1` Status, of which only these fields are used.
+#[derive(Debug, Default, Serialize)]
+struct StatusBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
 }
 
-/// Encodes the response as an AdmissionReview of `api_version`, with the patch as a base64 string
-/// (what the apiserver's Go `[]byte` decoding expects; kube-core would write a number array).
-fn review_json(api_version: &str, mut response: AdmissionResponse) -> Response {
-    use base64::Engine as _;
-    let patch = response.patch.take();
-    let mut review = response.into_review();
-    review.types.api_version = api_version.to_owned();
-    let mut value = match serde_json::to_value(&review) {
-        Ok(value) => value,
-        Err(error) => {
-            tracing::error!(%error, "could not encode an AdmissionReview");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "could not encode the response",
-            )
-                .into_response();
+/// `response` of an AdmissionReview v1.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseBody {
+    uid: String,
+    allowed: bool,
+    status: StatusBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<Vec<String>>,
+}
+
+impl ResponseBody {
+    fn allowed(uid: String) -> Self {
+        Self {
+            uid,
+            allowed: true,
+            status: StatusBody::default(),
+            patch: None,
+            patch_type: None,
+            warnings: None,
         }
-    };
-    if let (Some(patch), Some(Value::Object(body))) = (patch, value.get_mut("response")) {
-        body.insert(
-            "patch".to_owned(),
-            Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
-        );
     }
-    Json(value).into_response()
+
+    /// An unusable request: denied with a Failure status, as kube-core's `invalid` does.
+    fn invalid(uid: String, message: String) -> Self {
+        Self {
+            allowed: false,
+            status: StatusBody {
+                status: Some("Failure"),
+                message: Some(message),
+                reason: Some("InvalidRequest"),
+                code: Some(400),
+            },
+            ..Self::allowed(uid)
+        }
+    }
+
+    fn deny(&mut self, message: String) {
+        self.allowed = false;
+        self.status.message = Some(message);
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewBody<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    response: &'a ResponseBody,
+}
+
+/// Encodes the response as an AdmissionReview of `api_version`.
+fn review_json(api_version: &str, response: &ResponseBody) -> Response {
+    Json(ReviewBody {
+        api_version,
+        kind: "AdmissionReview",
+        response,
+    })
+    .into_response()
 }
 
 /// Why a body could not be turned into an admission request.
@@ -352,18 +383,29 @@ enum Malformed {
     },
 }
 
+/// An AdmissionReview as sent by the apiserver.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewEnvelope {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<ReviewRequest>,
+}
+
 /// The common case in one pass: a well-formed v1 AdmissionReview with a request. Anything else
 /// returns `None` and goes through [`parse_review`] for a precise message.
-fn fast_parse(body: &[u8]) -> Option<AdmissionRequest<DynamicObject>> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).ok()?;
-    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+fn fast_parse(body: &[u8]) -> Option<ReviewRequest> {
+    let review: ReviewEnvelope = serde_json::from_slice(body).ok()?;
+    if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
         return None;
     }
-    review.try_into().ok()
+    review.request
 }
 
 /// Works out what is wrong with a body that [`fast_parse`] refused, or parses it after all.
-fn parse_review(raw: Value) -> Result<AdmissionRequest<DynamicObject>, Malformed> {
+fn parse_review(raw: Value) -> Result<ReviewRequest, Malformed> {
     let field = |value: &Value, key: &str| {
         value
             .get(key)
@@ -384,7 +426,7 @@ fn parse_review(raw: Value) -> Result<AdmissionRequest<DynamicObject>, Malformed
         )));
     }
     let api_version = field(&raw, "apiVersion");
-    let Some(request) = raw.get("request") else {
+    let Some(request) = raw.get("request").filter(|request| !request.is_null()) else {
         return Err(Malformed::NotAReview(
             "AdmissionReview has no request; the apiserver always sends one".to_owned(),
         ));
@@ -403,15 +445,10 @@ fn parse_review(raw: Value) -> Result<AdmissionRequest<DynamicObject>, Malformed
             ),
         });
     }
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_value(raw).map_err(|error| Malformed::BadRequest {
-            api_version: api_version.clone(),
-            uid: uid.clone(),
-            message: format!("AdmissionReview request is malformed: {error}"),
-        })?;
-    review.try_into().map_err(|_| Malformed::BadRequest {
+    let text = request.to_string();
+    serde_json::from_str::<ReviewRequest>(&text).map_err(|error| Malformed::BadRequest {
         api_version,
         uid,
-        message: "AdmissionReview request is malformed".to_owned(),
+        message: format!("AdmissionReview request is malformed: {error}"),
     })
 }

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::Secret;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, Operation};
+use kube::core::GroupVersionKind;
+use kube::core::admission::Operation;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use crate::api::{Bind9Cluster, Bind9ClusterSpec, Bind9Instance, ClusterBind9Provider, GROUP};
 use crate::cache::{ClusterCache, ClusterRefTarget, Lookup};
@@ -50,6 +52,34 @@ impl AdmissionVerdict {
             patch: None,
         }
     }
+}
+
+/// The parts of an AdmissionReview v1 request rndc-warden reads. The objects stay raw JSON until
+/// the kind is known, so each is parsed once, straight into its own type.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewRequest {
+    /// Echoed in the response.
+    pub uid: String,
+    /// Kind of the object.
+    pub kind: GroupVersionKind,
+    /// Name of the object (empty for `generateName` creates).
+    #[serde(default)]
+    pub name: String,
+    /// Namespace of the object.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// CREATE, UPDATE, DELETE or CONNECT.
+    pub operation: Operation,
+    /// Who sent the request.
+    #[serde(default)]
+    pub user_info: k8s_openapi::api::authentication::v1::UserInfo,
+    /// The submitted object (CREATE, UPDATE).
+    #[serde(default)]
+    pub object: Option<Box<RawValue>>,
+    /// The stored object (UPDATE, DELETE).
+    #[serde(default)]
+    pub old_object: Option<Box<RawValue>>,
 }
 
 /// The kinds the webhook handles.
@@ -97,11 +127,7 @@ impl AdmissionPolicy {
     }
 
     /// Decides one request for `endpoint`.
-    pub fn review(
-        &self,
-        endpoint: Endpoint,
-        request: &AdmissionRequest<DynamicObject>,
-    ) -> AdmissionVerdict {
+    pub fn review(&self, endpoint: Endpoint, request: &ReviewRequest) -> AdmissionVerdict {
         let Some(kind) = kind_of(request) else {
             return AdmissionVerdict::deny(format!(
                 "rndc-warden does not handle {}/{} {}; limit the webhook rules to Bind9Instance, \
@@ -151,10 +177,8 @@ impl AdmissionPolicy {
         }
     }
 
-    fn decode<T: DeserializeOwned>(&self, object: &DynamicObject, kind: &str) -> Result<T, String> {
-        let value = serde_json::to_value(object)
-            .map_err(|error| format!("the {kind} cannot be read: {error}"))?;
-        serde_json::from_value(value).map_err(|error| {
+    fn decode<T: DeserializeOwned>(&self, object: &RawValue, kind: &str) -> Result<T, String> {
+        serde_json::from_str(object.get()).map_err(|error| {
             format!("the {kind} does not match the bindy.firestoned.io/v1beta1 schema: {error}")
         })
     }
@@ -175,12 +199,7 @@ impl AdmissionPolicy {
         }
     }
 
-    fn instance(
-        &self,
-        endpoint: Endpoint,
-        object: &DynamicObject,
-        namespace: &str,
-    ) -> AdmissionVerdict {
+    fn instance(&self, endpoint: Endpoint, object: &RawValue, namespace: &str) -> AdmissionVerdict {
         let instance = match self.decode::<Bind9Instance>(object, "Bind9Instance") {
             Ok(instance) => instance,
             Err(message) => return AdmissionVerdict::deny(message),
@@ -232,8 +251,8 @@ impl AdmissionPolicy {
     fn secret(
         &self,
         endpoint: Endpoint,
-        request: &AdmissionRequest<DynamicObject>,
-        object: &DynamicObject,
+        request: &ReviewRequest,
+        object: &RawValue,
         namespace: &str,
     ) -> AdmissionVerdict {
         let new = match self.decode::<Secret>(object, "Secret") {
@@ -289,7 +308,7 @@ fn provider_as_cluster(name: &str, provider: &ClusterBind9Provider) -> Bind9Clus
     )
 }
 
-fn kind_of(request: &AdmissionRequest<DynamicObject>) -> Option<Kind> {
+fn kind_of(request: &ReviewRequest) -> Option<Kind> {
     let kind = &request.kind;
     match (kind.group.as_str(), kind.kind.as_str()) {
         (GROUP, "Bind9Instance") => Some(Kind::Instance),
