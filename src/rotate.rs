@@ -130,44 +130,57 @@ pub async fn request(
         return Err(RotateError::NotRotating(qualified));
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = secrets
-        .get_opt(&config.secret_name)
-        .await?
-        .ok_or_else(|| RotateError::NoSecret(secret_name.clone()))?;
-    let created = KeyAnnotations::of(&secret).created_at;
-    if let Some(created) = created
-        && !force
-        && now < created + RATE_LIMIT
-        && created <= now
-    {
-        return Err(RotateError::RateLimited {
-            secret: secret_name,
-            created_at: format_time(created),
-            retry_after: format_time(created + RATE_LIMIT),
-        });
-    }
-    let back_dated = format_time(now - config.rotate_after.as_time_delta() - TimeDelta::seconds(1));
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": secret.metadata.resource_version,
-            "annotations": { ANNOTATION_CREATED_AT: back_dated },
+    // The write carries the resourceVersion it decided on; when the rotator (or anyone) wrote
+    // the Secret in between, re-read and decide again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let secret = secrets
+            .get_opt(&config.secret_name)
+            .await?
+            .ok_or_else(|| RotateError::NoSecret(secret_name.clone()))?;
+        let created = KeyAnnotations::of(&secret).created_at;
+        if let Some(created) = created
+            && !force
+            && now < created + RATE_LIMIT
+            && created <= now
+        {
+            return Err(RotateError::RateLimited {
+                secret: secret_name,
+                created_at: format_time(created),
+                retry_after: format_time(created + RATE_LIMIT),
+            });
         }
-    });
-    secrets
-        .patch(
-            &config.secret_name,
-            &PatchParams {
-                field_manager: Some("rndc-warden-rotate".to_owned()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(Requested::Triggered {
-        namespace: namespace.to_owned(),
-        secret: config.secret_name,
-        created_at: back_dated,
-    })
+        let back_dated =
+            format_time(now - config.rotate_after.as_time_delta() - TimeDelta::seconds(1));
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": secret.metadata.resource_version,
+                "annotations": { ANNOTATION_CREATED_AT: back_dated },
+            }
+        });
+        let written = secrets
+            .patch(
+                &config.secret_name,
+                &PatchParams {
+                    field_manager: Some("rndc-warden-rotate".to_owned()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
+            .await;
+        match written {
+            Ok(_) => {
+                return Ok(Requested::Triggered {
+                    namespace: namespace.to_owned(),
+                    secret: config.secret_name,
+                    created_at: back_dated,
+                });
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 && attempts < 5 => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// Runs `rotate` with the normal kubeconfig; exit code 0 on success, 1 when refused, 2 on usage
