@@ -962,22 +962,39 @@ async fn write_status(
     instance: &Bind9Instance,
     desired: &RndcKeyRotationStatus,
 ) -> Result<(), Error> {
+    patch_instance_status(ctx, instance, |current| {
+        if status_in_sync(current.status.as_ref(), desired) {
+            return None;
+        }
+        let value = status_value(desired);
+        Some(json!({ "rndcKeyRotationStatus": value, "rndcKeyRotation": value }))
+    })
+    .await
+}
+
+/// Merges a status body into an instance: `body(current)` says what to write, or `None` when the
+/// status is already right. The patch carries the resourceVersion it was decided on; a 409
+/// re-reads and decides again (three attempts), and a deleted instance needs nothing.
+pub(super) async fn patch_instance_status(
+    ctx: &Context,
+    instance: &Bind9Instance,
+    mut body: impl FnMut(&Bind9Instance) -> Option<serde_json::Value>,
+) -> Result<(), Error> {
     let namespace = instance.namespace().unwrap_or_default();
     let name = instance.name_any();
     let api: Api<Bind9Instance> = Api::namespaced(ctx.client.clone(), &namespace);
     let what = || format!("Bind9Instance {namespace}/{name} status");
-    let mut current = lookup(&ctx.caches.instances, &namespace, &name).map(|i| (*i).clone());
+    let mut current = ctx.caches.instance(&namespace, &name).map(|i| (*i).clone());
     for _ in 0..3 {
         let Some(instance) = current.as_ref() else {
             return Ok(());
         };
-        if status_in_sync(instance.status.as_ref(), desired) {
+        let Some(status) = body(instance) else {
             return Ok(());
-        }
-        let value = status_value(desired);
+        };
         let patch = json!({
             "metadata": { "resourceVersion": instance.metadata.resource_version },
-            "status": { "rndcKeyRotationStatus": value, "rndcKeyRotation": value }
+            "status": status,
         });
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),

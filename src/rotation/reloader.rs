@@ -9,15 +9,17 @@ use std::time::Duration;
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::engine::{Context, Member, SecretKey, is_status, publish, strategy_of};
+use super::engine::{
+    Context, Member, SecretKey, is_status, patch_instance_status, publish, strategy_of,
+};
 use super::exec::{SignalOutcome, SignalRequest, signal_pods};
 use super::plan::marker_of;
 use super::reload::{
@@ -668,65 +670,31 @@ async fn signal(
         .map(|how| format!("{how} (fallback from signal: {why})"))
 }
 
-/// Writes `status.rndcSecretVersion` and/or the `RndcSecretReloaded` condition (merge patch with a
-/// resourceVersion precondition; a 409 re-reads).
+/// Writes `status.rndcSecretVersion` and/or the `RndcSecretReloaded` condition when they differ.
 async fn write_status(
     ctx: &Context,
     instance: &Bind9Instance,
     version: Option<&str>,
     condition: Option<&DesiredCondition>,
 ) -> Result<(), Error> {
-    let namespace = instance.namespace().unwrap_or_default();
-    let name = instance.name_any();
-    let api: Api<Bind9Instance> = Api::namespaced(ctx.client.clone(), &namespace);
-    let what = || format!("Bind9Instance {namespace}/{name} status");
-    let mut current = ctx.caches.instance(&namespace, &name).map(|i| (*i).clone());
-    for _ in 0..3 {
-        let Some(instance) = current.as_ref() else {
-            return Ok(());
-        };
-        let status = instance.status.as_ref();
+    patch_instance_status(ctx, instance, |current| {
+        let status = current.status.as_ref();
         let conditions = status.and_then(|s| s.conditions.as_deref());
         let version_ok = version
             .is_none_or(|v| status.and_then(|s| s.rndc_secret_version.as_deref()) == Some(v));
         let condition_ok = condition.is_none_or(|c| c.is_in(conditions));
         if version_ok && condition_ok {
-            return Ok(());
+            return None;
         }
         let mut body = serde_json::Map::new();
         if let Some(v) = version {
             body.insert("rndcSecretVersion".into(), json!(v));
         }
         if let Some(c) = condition {
-            let merged = c.merged_into(conditions, instance.metadata.generation, Utc::now());
+            let merged = c.merged_into(conditions, current.metadata.generation, Utc::now());
             body.insert("conditions".into(), json!(merged));
         }
-        let patch = json!({
-            "metadata": { "resourceVersion": instance.metadata.resource_version },
-            "status": body,
-        });
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
-        match ctx
-            .call(
-                "patch",
-                what,
-                api.patch_status(&name, &params, &Patch::Merge(&patch)),
-            )
-            .await
-        {
-            Ok(written) => {
-                ctx.note_written("Bind9Instance", &written);
-                return Ok(());
-            }
-            Err(e) if is_status(&e, 409) => {
-                current = ctx.call("get", what, api.get_opt(&name)).await?;
-            }
-            Err(e) if is_status(&e, 404) => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(Error::Contended(what()))
+        Some(serde_json::Value::Object(body))
+    })
+    .await
 }
