@@ -10,6 +10,8 @@ pub struct WardenProcess {
     name: String,
     kubeconfig: PathBuf,
     args: Vec<String>,
+    binary: PathBuf,
+    envs: Vec<(String, String)>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     probe: u16,
@@ -39,6 +41,8 @@ impl WardenProcess {
             name: name.to_owned(),
             kubeconfig: kubeconfig.to_owned(),
             args,
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_rndc-warden")),
+            envs: Vec::new(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             probe: 0,
@@ -49,6 +53,18 @@ impl WardenProcess {
     /// Turns the rotator off (`--rotation false`): admission and its watch caches only.
     pub fn without_rotation(mut self) -> WardenProcess {
         self.args[2] = "false".to_owned();
+        self
+    }
+
+    /// Runs `binary` instead of the one Cargo built for this test (e.g. a release build).
+    pub fn with_binary(mut self, binary: &Path) -> WardenProcess {
+        self.binary = binary.to_owned();
+        self
+    }
+
+    /// Sets an environment variable for every start.
+    pub fn with_env(mut self, name: &str, value: &str) -> WardenProcess {
+        self.envs.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -79,7 +95,7 @@ impl WardenProcess {
         let (listen, probe) = (free_port(), free_port());
         self.starts += 1;
         let log = self.log_path(self.starts);
-        let child = Command::new(env!("CARGO_BIN_EXE_rndc-warden"))
+        let child = Command::new(&self.binary)
             .args(&self.args)
             .args(["--listen", &format!("127.0.0.1:{listen}")])
             .args(["--probe-listen", &format!("127.0.0.1:{probe}")])
@@ -88,6 +104,7 @@ impl WardenProcess {
             .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("POD_NAMESPACE")
             .env_remove("RUST_LOG")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

@@ -1,5 +1,7 @@
 //! `cargo xtask bench admission`: a load benchmark of the validating webhook over TLS, next to a
 //! floor server (the cheapest possible axum + rustls webhook) measured in the same run.
+//! `cargo xtask bench rotation-memory`: RSS of the release binary with 10,000 instances and key
+//! Secrets cached and the rotator running (`tests/e2e_rotation_memory.rs`).
 //!
 //! The orchestrating command builds release binaries and then runs the floor server and the load
 //! generator as hidden subcommands of the release `xtask` binary, so nothing measured is a debug
@@ -11,6 +13,7 @@ mod floor;
 mod load;
 mod report;
 mod review;
+mod rotation_memory;
 mod tls;
 
 use std::process::ExitCode;
@@ -31,6 +34,9 @@ enum BenchTarget {
     /// Drive `rndc-warden serve`'s /validate over TLS and compare it with a floor server:
     /// peak requests/s, latency at half the floor's peak rate, RSS.
     Admission(admission::AdmissionArgs),
+    /// RSS of the release `rndc-warden serve` with N instances and N key Secrets cached, the
+    /// rotator running (builds `--release`, then runs `tests/e2e_rotation_memory.rs` against it).
+    RotationMemory(rotation_memory::RotationMemoryArgs),
     /// Internal: the floor server (run from the release binary by `bench admission`).
     #[command(hide = true)]
     FloorServer(floor::FloorArgs),
@@ -44,6 +50,7 @@ enum BenchTarget {
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.target {
         BenchTarget::Admission(args) => admission::run(args),
+        BenchTarget::RotationMemory(args) => rotation_memory::run(args),
         BenchTarget::FloorServer(args) => floor::run(args),
         BenchTarget::Load(args) => load::run(args),
     }

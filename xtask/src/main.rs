@@ -6,6 +6,8 @@
 //!   its Deployment would, examples applied).
 //! - `cargo xtask bench admission`: a load benchmark of the validating webhook against a floor
 //!   server, printed (see `docs/benchmarks.md`).
+//! - `cargo xtask bench rotation-memory`: RSS of the release binary with 10,000 instances and key
+//!   Secrets cached, rotator running, printed (see `docs/benchmarks.md`).
 
 mod bench;
 mod cluster;
@@ -31,7 +33,8 @@ enum Command {
     /// The whole system locally: control plane, the Helm chart, rndc-warden running as the
     /// chart's Deployment would, the examples applied (`cargo xtask dev down` stops it).
     Dev(dev::DevArgs),
-    /// Benchmarks on release builds: `bench admission` (the HTTPS admission webhook under load).
+    /// Benchmarks on release builds: `bench admission` (the HTTPS admission webhook under load),
+    /// `bench rotation-memory` (RSS with 10,000 instances and key Secrets cached).
     Bench(bench::BenchArgs),
 }
 
