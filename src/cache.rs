@@ -1,5 +1,8 @@
 //! In-memory watch caches of the Bindy objects, so admission answers without any API call on the
 //! request path. Readiness turns true once every cache has listed its objects.
+//!
+//! The rotator reads the same instance and cluster stores ([`ClusterCache::shared`]) instead of
+//! watching and caching those objects a second time.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,19 +14,66 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use crate::api::{Bind9Cluster, Bind9Instance, ClusterBind9Provider};
+use tokio::sync::Notify;
+
+use crate::api::{Bind9Cluster, Bind9Instance, ClusterBind9Provider, RoleSpec};
 use crate::probe::Readiness;
 
 /// kubectl's copy of the last applied manifest: large, and never read by rndc-warden.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Keeps the cached object small: admission reads specs, names and owners only.
+/// Keeps the cached object small: drops managed fields and kubectl's last-applied copy, which
+/// nothing reads.
 fn strip<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED_ANNOTATION);
     }
+}
+
+/// A cached instance keeps metadata (minus [`strip`]), the modelled spec fields and the modelled
+/// status (the rotator reads the rotation status, `rndcSecretVersion` and conditions). Fields
+/// this version does not model (`extra`: replicas, BIND9 options, upstream status, …) are dropped:
+/// admission and the rotator decide from the modelled fields only, and neither ever writes a
+/// whole cached object back.
+pub(crate) fn strip_instance(instance: &mut Bind9Instance) {
+    strip(instance);
+    instance.spec.extra.clear();
+    if let Some(config) = instance.spec.config.as_mut() {
+        config.extra.clear();
+    }
+    if let Some(status) = instance.status.as_mut() {
+        status.extra.clear();
+    }
+}
+
+fn strip_roles<'a>(roles: impl IntoIterator<Item = &'a mut Option<RoleSpec>>) {
+    for role in roles.into_iter().flatten() {
+        role.extra.clear();
+    }
+}
+
+/// A cached cluster keeps its modelled fields (role blocks, references); see [`strip_instance`].
+pub(crate) fn strip_cluster(cluster: &mut Bind9Cluster) {
+    strip(cluster);
+    let spec = &mut cluster.spec;
+    spec.extra.clear();
+    if let Some(global) = spec.global.as_mut() {
+        global.extra.clear();
+    }
+    strip_roles([&mut spec.primary, &mut spec.secondary]);
+}
+
+/// A cached provider keeps its modelled fields; see [`strip_instance`].
+fn strip_provider(provider: &mut ClusterBind9Provider) {
+    strip(provider);
+    let spec = &mut provider.spec;
+    spec.extra.clear();
+    if let Some(global) = spec.global.as_mut() {
+        global.extra.clear();
+    }
+    strip_roles([&mut spec.primary, &mut spec.secondary]);
 }
 
 /// A background task of the cache.
@@ -45,6 +95,19 @@ struct Stores {
     instances: Vec<Store<Bind9Instance>>,
     clusters: Vec<Store<Bind9Cluster>>,
     providers: Option<Store<ClusterBind9Provider>>,
+    changed: Arc<Notify>,
+}
+
+/// The instance and cluster stores of a [`ClusterCache`], for the rotator to read instead of
+/// watching the same objects again, and the signal of every change to them.
+#[derive(Debug, Clone)]
+pub struct SharedStores {
+    /// `Bind9Instance`s, one store per watched namespace (or one for all).
+    pub instances: Vec<Store<Bind9Instance>>,
+    /// `Bind9Cluster`s, likewise.
+    pub clusters: Vec<Store<Bind9Cluster>>,
+    /// Notified after every watch event of either.
+    pub changed: Arc<Notify>,
 }
 
 /// Watch caches of `Bind9Instance`, `Bind9Cluster` and `ClusterBind9Provider`, or nothing when
@@ -66,6 +129,7 @@ fn reflect<K>(
     api: Api<K>,
     stop: impl Future<Output = ()> + Send + 'static,
     shrink: fn(&mut K),
+    changed: Arc<Notify>,
 ) -> (Store<K>, CacheTask)
 where
     K: Resource<DynamicType = ()>
@@ -77,7 +141,8 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    // A consistent initial list (not `any_semantic`): the rotator plans from these objects too.
+    let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(shrink)
         .reflect(writer);
@@ -88,6 +153,7 @@ where
             if let Err(error) = event {
                 tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
             }
+            changed.notify_one();
         }
     };
     (reader, Box::pin(task))
@@ -108,6 +174,7 @@ impl ClusterCache {
         readiness: Arc<Readiness>,
         stop: &dyn Fn() -> CacheTask,
     ) -> StartedCache {
+        let changed = Arc::new(Notify::new());
         let mut tasks = Vec::new();
         let mut instances = Vec::new();
         let mut clusters = Vec::new();
@@ -124,14 +191,10 @@ impl ClusterCache {
                     Api::namespaced(client.clone(), ns),
                 ),
             };
-            let (store, task) = reflect::<Bind9Instance>(instance_api, stop(), |instance| {
-                strip(instance);
-                // Admission never reads status (the rotator keeps its own cache).
-                instance.status = None;
-            });
+            let (store, task) = reflect(instance_api, stop(), strip_instance, changed.clone());
             instances.push(store);
             tasks.push(task);
-            let (store, task) = reflect::<Bind9Cluster>(cluster_api, stop(), strip);
+            let (store, task) = reflect(cluster_api, stop(), strip_cluster, changed.clone());
             clusters.push(store);
             tasks.push(task);
         }
@@ -149,7 +212,7 @@ impl ClusterCache {
             }
         };
         let providers = if has_providers {
-            let (store, task) = reflect::<ClusterBind9Provider>(Api::all(client), stop(), strip);
+            let (store, task) = reflect(Api::all(client), stop(), strip_provider, changed.clone());
             tasks.push(task);
             Some(store)
         } else {
@@ -160,6 +223,7 @@ impl ClusterCache {
             instances,
             clusters,
             providers,
+            changed,
         });
         let waiting = stores.clone();
         let mut ready_stop = stop();
@@ -214,8 +278,18 @@ impl ClusterCache {
                 instances: vec![filled(instances)],
                 clusters: vec![filled(clusters)],
                 providers: Some(filled(providers)),
+                changed: Arc::new(Notify::new()),
             })),
         }
+    }
+
+    /// The instance and cluster stores, to share with the rotator (`None` without a cluster).
+    pub fn shared(&self) -> Option<SharedStores> {
+        self.stores.as_ref().map(|stores| SharedStores {
+            instances: stores.instances.clone(),
+            clusters: stores.clusters.clone(),
+            changed: stores.changed.clone(),
+        })
     }
 
     /// Whether this cache watches a cluster at all.

@@ -22,6 +22,7 @@ mod keys;
 pub mod plan;
 pub mod reload;
 mod reloader;
+mod store;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use exec::{KubeExec, PodExec};
 pub use keys::{KeySource, OsKeySource, QpsLimiter};
 pub use reload::ReloadStrategy;
 
+use crate::cache::SharedStores;
 use crate::config::parse_duration;
 use crate::metrics::Metrics;
 use crate::policy::PolicyConfig;
@@ -279,36 +281,22 @@ impl Error {
 
 /// Runs the rotator until `shutdown` completes: starts the watch caches, competes for the Lease
 /// and, while it holds the Lease, runs the scheduler. Returns `Ok(())` on shutdown and an error
-/// if the rotator cannot go on (the caller should exit non-zero).
+/// if the rotator cannot go on (the caller should exit non-zero). `shared`: the instance and
+/// cluster stores admission already keeps in this process (`None`: the rotator watches them).
 pub async fn run(
     client: kube::Client,
     args: RotationArgs,
     policy: PolicyConfig,
     metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
-    run_with_keys(
-        client,
-        args,
-        policy,
-        metrics,
-        Arc::new(OsKeySource),
-        shutdown,
-    )
-    .await
-}
-
-/// [`run`] with an injected key source (tests).
-pub async fn run_with_keys(
-    client: kube::Client,
-    args: RotationArgs,
-    policy: PolicyConfig,
-    metrics: Arc<Metrics>,
-    keys: Arc<dyn KeySource>,
+    shared: Option<SharedStores>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let exec = Arc::new(KubeExec::new(client.clone()));
-    run_with_parts(client, args, policy, metrics, keys, exec, shutdown).await
+    let parts = (
+        Arc::new(OsKeySource) as Arc<dyn KeySource>,
+        exec as Arc<dyn PodExec>,
+    );
+    run_with_parts(client, args, policy, metrics, parts, shared, shutdown).await
 }
 
 /// [`run`] with an injected key source and pod exec (tests).
@@ -317,8 +305,8 @@ pub async fn run_with_parts(
     args: RotationArgs,
     policy: PolicyConfig,
     metrics: Arc<Metrics>,
-    keys: Arc<dyn KeySource>,
-    exec: Arc<dyn PodExec>,
+    (keys, exec): (Arc<dyn KeySource>, Arc<dyn PodExec>),
+    shared: Option<SharedStores>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let mut args = args;
@@ -330,7 +318,7 @@ pub async fn run_with_parts(
     }
     args.validate()?;
     let identity = args.identity();
-    let caches = Caches::start(&client, &args.namespaces);
+    let caches = Caches::start(&client, &args.namespaces, shared);
     let ctx = Arc::new(Context::new(
         client.clone(),
         args.clone(),

@@ -209,33 +209,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(ReloadingTls::load(files).context("loading the serving certificate")?)
         }
     };
-    if let Some(client) = &client {
-        if args.rotation.enabled {
-            let mut rotation = args.rotation.clone();
-            rotation.namespaces = args.watch_namespaces.clone();
-            let rotator = crate::rotation::run(
-                client.clone(),
-                rotation,
-                policy_config.clone(),
-                metrics.clone(),
-                stop_signal(),
-            );
-            tasks.spawn(async move {
-                match rotator.await {
-                    Ok(()) => tracing::info!("rotator stopped"),
-                    Err(error) => tracing::error!(%error, "the rotator failed"),
-                }
-            });
-            tracing::info!("rotator started (leader-elected)");
-        } else {
-            tracing::info!("--rotation false: admission only, rotator off");
-        }
-    }
-    let cache = match client {
+    let cache = match &client {
         Some(client) => {
             tracing::info!("cluster credentials found: starting watch caches");
             let started = ClusterCache::start(
-                client,
+                client.clone(),
                 &args.watch_namespaces,
                 readiness.clone(),
                 &stop_signal,
@@ -252,6 +230,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
+    if let Some(client) = &client {
+        if args.rotation.enabled {
+            // The rotator reads admission's instance and cluster stores: one copy of each.
+            let mut rotation = args.rotation.clone();
+            rotation.namespaces = args.watch_namespaces.clone();
+            let rotator = crate::rotation::run(
+                client.clone(),
+                rotation,
+                policy_config.clone(),
+                metrics.clone(),
+                cache.shared(),
+                stop_signal(),
+            );
+            tasks.spawn(async move {
+                match rotator.await {
+                    Ok(()) => tracing::info!("rotator stopped"),
+                    Err(error) => tracing::error!(%error, "the rotator failed"),
+                }
+            });
+            tracing::info!("rotator started (leader-elected)");
+        } else {
+            tracing::info!("--rotation false: admission only, rotator off");
+        }
+    }
     let state = AdmissionState {
         policy: Arc::new(AdmissionPolicy::new(policy_config, cache.clone())),
         metrics: metrics.clone(),

@@ -49,8 +49,8 @@ impl Reloader {
             args,
             PolicyConfig::default(),
             metrics.clone(),
-            Arc::new(OsKeySource),
-            exec,
+            (Arc::new(OsKeySource), exec),
+            None,
             async move {
                 let _ = stopped.await;
             },

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -22,16 +21,18 @@ use tokio::task::JoinSet;
 use super::exec::PodExec;
 use super::keys::{KeySource, QpsLimiter, generate};
 use super::plan::{
-    SecretUser, governing, lacks_label, needs_roll, plan_secret, render_annotate, render_provision,
-    render_rotation, seconds_until, status_in_sync,
+    SecretUser, annotate_patch, governing, lacks_label, needs_roll, plan_secret, render_annotate,
+    render_provision, rotation_patch, seconds_until, status_in_sync,
 };
 use super::reload::ReloadStrategy;
 use super::reloader::{self, ReloadMemory};
+use super::store::{CompactStore, DeploymentMarker, KeySecret, SecretVersion, secret_version};
 use super::{Error, FIELD_MANAGER, RotationArgs};
 use crate::api::{
     ANNOTATION_ROTATED_AT, Bind9Cluster, Bind9Instance, EVENT_RNDC_KEY_ROTATED,
     EVENT_RNDC_KEY_ROTATION_FAILED, LABEL_RNDC_KEY, LABEL_RNDC_KEY_VALUE, RndcKeyRotationStatus,
 };
+use crate::cache::SharedStores;
 use crate::metrics::{ApiErrorLabels, InstanceLabels, Metrics, ResultLabels};
 use crate::policy::{
     ConfigSource, PolicyConfig, Role, RotationPlan, SecretAction, effective_config, rotation_status,
@@ -44,16 +45,18 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// First retry delay after a failure; doubled up to the resync period.
 const RETRY_BASE: Duration = Duration::from_secs(1);
 
-/// Reflector stores of the objects the rotator reads, one per watched namespace (or one for all).
+/// What the rotator reads, kept current by watches in the given namespaces (or all): instances
+/// and clusters (reflector stores, shared with admission when it runs in the same process),
+/// labelled key Secrets, the version of every Secret and Deployments (compact stores).
 #[derive(Clone)]
 pub struct Caches {
     instances: Vec<Store<Bind9Instance>>,
     clusters: Vec<Store<Bind9Cluster>>,
-    secrets: Vec<Store<Secret>>,
-    /// Name and resourceVersion of every Secret: unlabelled `secretRef` Secrets are fetched
-    /// when their version changes.
-    secret_versions: Vec<Store<PartialObjectMeta<Secret>>>,
-    deployments: Vec<Store<Deployment>>,
+    secrets: Vec<CompactStore<KeySecret>>,
+    /// The resourceVersion of every Secret: unlabelled `secretRef` Secrets are fetched when their
+    /// version changes.
+    secret_versions: Vec<CompactStore<SecretVersion>>,
+    deployments: Vec<CompactStore<DeploymentMarker>>,
     /// Woken on every watch event.
     pub changed: Arc<Notify>,
 }
@@ -98,64 +101,6 @@ where
     reader
 }
 
-/// Drops what the rotator never reads and what costs the most memory per object: managed fields
-/// and kubectl's `last-applied-configuration` copy (for a Secret, a second copy of its data).
-fn strip_managed_fields<K: Resource>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(crate::cache::LAST_APPLIED_ANNOTATION);
-    }
-}
-
-/// Keeps only the identity and version of a Secret's metadata (its annotations may hold a
-/// `last-applied-configuration` copy of the data).
-fn strip_secret_meta(meta: &mut PartialObjectMeta<Secret>) {
-    let m = &meta.metadata;
-    meta.metadata = ObjectMeta {
-        name: m.name.clone(),
-        namespace: m.namespace.clone(),
-        resource_version: m.resource_version.clone(),
-        ..ObjectMeta::default()
-    };
-}
-
-/// Keeps only what the rotator reads from a Deployment: identity, version, creation time and the
-/// pod-template annotations (so 10,000 cached Deployments stay small).
-fn strip_deployment(deployment: &mut Deployment) {
-    let annotations = deployment
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(ANNOTATION_ROTATED_AT))
-        .map(|v| BTreeMap::from([(ANNOTATION_ROTATED_AT.to_owned(), v.clone())]));
-    let meta = &deployment.metadata;
-    let stripped = Deployment {
-        metadata: ObjectMeta {
-            name: meta.name.clone(),
-            namespace: meta.namespace.clone(),
-            resource_version: meta.resource_version.clone(),
-            creation_timestamp: meta.creation_timestamp.clone(),
-            uid: meta.uid.clone(),
-            ..ObjectMeta::default()
-        },
-        spec: DeploymentSpec {
-            template: k8s_openapi::api::core::v1::PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    annotations,
-                    ..ObjectMeta::default()
-                }),
-                spec: None,
-            },
-            ..DeploymentSpec::default()
-        },
-        status: None,
-    };
-    *deployment = stripped;
-}
-
 pub(super) fn lookup<K>(stores: &[Store<K>], namespace: &str, name: &str) -> Option<Arc<K>>
 where
     K: Resource + Clone + 'static,
@@ -165,66 +110,79 @@ where
     stores.iter().find_map(|s| s.get(&key))
 }
 
+fn lookup_compact<T: Send + Sync + 'static, R>(
+    stores: &[CompactStore<T>],
+    namespace: &str,
+    name: &str,
+    f: impl Fn(&T) -> R,
+) -> Option<R> {
+    stores.iter().find_map(|s| s.get(namespace, name, &f))
+}
+
 impl Caches {
-    /// Starts the watches (instances, clusters, labelled key Secrets, Deployments) in the given
-    /// namespaces (all when empty). They keep running, and retrying, for the life of the process.
-    pub fn start(client: &Client, namespaces: &[String]) -> Caches {
-        let changed = Arc::new(Notify::new());
+    /// Starts the watches in the given namespaces (all when empty). Instances and clusters come
+    /// from `shared` when admission already watches them in this process; otherwise they are
+    /// watched here. The watches keep running, and retrying, for the life of the process.
+    pub fn start(client: &Client, namespaces: &[String], shared: Option<SharedStores>) -> Caches {
+        let (instances, clusters, changed) = match shared {
+            Some(shared) => (shared.instances, shared.clusters, shared.changed),
+            None => {
+                let changed = Arc::new(Notify::new());
+                let instances = apis(client, namespaces)
+                    .into_iter()
+                    .map(|api| {
+                        spawn_reflector(
+                            api,
+                            watcher::Config::default(),
+                            changed.clone(),
+                            crate::cache::strip_instance,
+                        )
+                    })
+                    .collect();
+                let clusters = apis(client, namespaces)
+                    .into_iter()
+                    .map(|api| {
+                        spawn_reflector(
+                            api,
+                            watcher::Config::default(),
+                            changed.clone(),
+                            crate::cache::strip_cluster,
+                        )
+                    })
+                    .collect();
+                (instances, clusters, changed)
+            }
+        };
         let secret_config =
             watcher::Config::default().labels(&format!("{LABEL_RNDC_KEY}={LABEL_RNDC_KEY_VALUE}"));
         Caches {
-            instances: apis(client, namespaces)
-                .into_iter()
-                .map(|api| {
-                    spawn_reflector(
-                        api,
-                        watcher::Config::default(),
-                        changed.clone(),
-                        strip_managed_fields,
-                    )
-                })
-                .collect(),
-            clusters: apis(client, namespaces)
-                .into_iter()
-                .map(|api| {
-                    spawn_reflector(
-                        api,
-                        watcher::Config::default(),
-                        changed.clone(),
-                        strip_managed_fields,
-                    )
-                })
-                .collect(),
+            instances,
+            clusters,
             secrets: apis(client, namespaces)
                 .into_iter()
                 .map(|api| {
-                    spawn_reflector(
-                        api,
-                        secret_config.clone(),
-                        changed.clone(),
-                        strip_managed_fields,
-                    )
+                    CompactStore::spawn(api, secret_config.clone(), changed.clone(), KeySecret::new)
                 })
                 .collect(),
             secret_versions: apis::<PartialObjectMeta<Secret>>(client, namespaces)
                 .into_iter()
                 .map(|api| {
-                    spawn_reflector(
+                    CompactStore::spawn(
                         api,
                         watcher::Config::default(),
                         changed.clone(),
-                        strip_secret_meta,
+                        secret_version,
                     )
                 })
                 .collect(),
             deployments: apis(client, namespaces)
                 .into_iter()
                 .map(|api| {
-                    spawn_reflector(
+                    CompactStore::spawn(
                         api,
                         watcher::Config::default(),
                         changed.clone(),
-                        strip_deployment,
+                        DeploymentMarker::new,
                     )
                 })
                 .collect(),
@@ -241,30 +199,37 @@ impl Caches {
             let _ = s.wait_until_ready().await;
         }
         for s in &self.secrets {
-            let _ = s.wait_until_ready().await;
+            s.wait_ready().await;
         }
         for s in &self.secret_versions {
-            let _ = s.wait_until_ready().await;
+            s.wait_ready().await;
         }
         for s in &self.deployments {
-            let _ = s.wait_until_ready().await;
+            s.wait_ready().await;
         }
     }
 
-    /// The labelled key Secret from the cache.
+    /// The labelled key Secret from the cache, as far as it is kept ([`KeySecret`]): for
+    /// decisions, never for a whole-object write.
     pub(super) fn labelled_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        lookup(&self.secrets, namespace, name)
+        lookup_compact(&self.secrets, namespace, name, |s| {
+            Arc::new(s.to_secret(namespace, name))
+        })
     }
 
     /// The resourceVersion of any Secret (`None`: it does not exist).
     pub(super) fn secret_version(&self, namespace: &str, name: &str) -> Option<String> {
-        lookup(&self.secret_versions, namespace, name)
-            .and_then(|m| m.metadata.resource_version.clone())
+        lookup_compact(&self.secret_versions, namespace, name, |v| {
+            v.as_deref().map(str::to_owned)
+        })
+        .flatten()
     }
 
-    /// The cached Deployment.
+    /// The cached Deployment (identity, version, creation time and rollout marker only).
     pub(super) fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
-        lookup(&self.deployments, namespace, name)
+        lookup_compact(&self.deployments, namespace, name, |d| {
+            Arc::new(d.to_deployment(namespace, name))
+        })
     }
 
     /// The cached instance.
@@ -459,7 +424,7 @@ struct Assessment {
 
 fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>) -> Assessment {
     let (namespace, name) = key;
-    let secret = lookup(&ctx.caches.secrets, namespace, name);
+    let secret = ctx.caches.labelled_secret(namespace, name);
     let idle = Assessment {
         work: false,
         next_wake: None,
@@ -529,7 +494,7 @@ fn rollout_pending(
     secret: &Secret,
 ) -> bool {
     let name = ctx.args.deployment_name(instance);
-    let Some(deployment) = lookup(&ctx.caches.deployments, namespace, &name) else {
+    let Some(deployment) = ctx.caches.deployment(namespace, &name) else {
         return false;
     };
     ctx.settled(
@@ -680,8 +645,14 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    let mut secret: Option<Secret> =
-        lookup(&ctx.caches.secrets, namespace, name).map(|s| (*s).clone());
+    let mut secret: Option<Secret> = ctx
+        .caches
+        .labelled_secret(namespace, name)
+        .map(Arc::unwrap_or_clone);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
     let mut rotated: Option<Rotated> = None;
     let mut plan: Option<RotationPlan> = None;
     let mut attempt = 0;
@@ -751,6 +722,9 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
                 let Some(cur) = secret.as_ref() else {
                     break Ok(());
                 };
+                if cur.metadata.resource_version.is_none() {
+                    break Err(Error::Refused(format!("{} has no resourceVersion", what())));
+                }
                 let data = match generate(ctx.keys.as_ref(), &key_name, algorithm) {
                     Ok(d) => d,
                     Err(e) => break Err(e),
@@ -759,9 +733,15 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
                     secret = %format!("{namespace}/{name}"), rotation, %reason, %algorithm,
                     "Rotating RNDC Secret {namespace}/{name} (rotation #{rotation})"
                 );
-                let object = render_rotation(cur, data, &annotations);
+                // Only the key entries, the annotations and the label, with the version the
+                // decision was made on as precondition: the cached copy is not the whole object.
+                let patch = rotation_patch(cur, data, &annotations);
                 let replaced = ctx
-                    .call("update", what, secrets.replace(name, &post, &object))
+                    .call(
+                        "patch",
+                        what,
+                        secrets.patch(name, &params, &Patch::Merge(&patch)),
+                    )
                     .await;
                 if replaced.is_ok() {
                     tracing::info!(
@@ -780,9 +760,16 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
                 let Some(cur) = secret.as_ref() else {
                     break Ok(());
                 };
-                let object = render_annotate(cur, &set, &remove);
-                ctx.call("update", what, secrets.replace(name, &post, &object))
-                    .await
+                if cur.metadata.resource_version.is_none() {
+                    break Err(Error::Refused(format!("{} has no resourceVersion", what())));
+                }
+                let patch = annotate_patch(cur, &set, &remove);
+                ctx.call(
+                    "patch",
+                    what,
+                    secrets.patch(name, &params, &Patch::Merge(&patch)),
+                )
+                .await
             }
         };
         match step {
@@ -901,8 +888,10 @@ async fn roll(
     };
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     let what = || format!("Deployment {namespace}/{name}");
-    let mut current: Option<Deployment> =
-        lookup(&ctx.caches.deployments, namespace, &name).map(|d| (*d).clone());
+    let mut current: Option<Deployment> = ctx
+        .caches
+        .deployment(namespace, &name)
+        .map(Arc::unwrap_or_clone);
     for _ in 0..3 {
         let Some(deployment) = current.as_ref() else {
             return Ok(());

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use chrono::{DateTime, SubsecRound, Utc};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -205,32 +206,62 @@ fn owner_of(user: &SecretUser) -> Option<OwnerReference> {
     })
 }
 
-/// Applies a rotation to the Secret as read: the four key data entries and the policy's
-/// annotations change and the rndc-key label is ensured; everything else (labels, annotations,
-/// other data keys, owner references, `resourceVersion`) is kept, so the update carries a
-/// precondition on the version that was planned from.
-pub fn render_rotation(
+/// The JSON merge patch that rotates the Secret as read: the four key data entries and the
+/// policy's annotations change (a `rndc-rotate-at` the policy no longer sets is removed) and the
+/// rndc-key label is ensured; every other label, annotation and data key is left as the server
+/// has it. The patch carries `metadata.resourceVersion` of `current`, so the server applies it
+/// only to that version (409 otherwise): one write, key and annotations together, with a
+/// precondition, which is what SPEC §7 asks of an update.
+pub fn rotation_patch(
     current: &Secret,
     key: KeySecretData,
     annotations: &BTreeMap<String, String>,
-) -> Secret {
-    let mut secret = current.clone();
-    secret.metadata.managed_fields = None;
-    let data = secret.data.get_or_insert_with(BTreeMap::new);
+) -> serde_json::Value {
+    let data = key.into_data();
+    let mut data_patch = serde_json::Map::new();
     for k in [DATA_ALGORITHM, DATA_KEY_NAME, DATA_RNDC_KEY, DATA_SECRET] {
-        data.remove(k);
+        if !data.contains_key(k) && current.data.as_ref().is_some_and(|d| d.contains_key(k)) {
+            data_patch.insert(k.to_owned(), serde_json::Value::Null);
+        }
     }
-    data.extend(key.into_data());
-    secret.string_data = None;
-    let current_annotations = secret.annotations_mut();
-    if !annotations.contains_key(ANNOTATION_ROTATE_AT) {
-        current_annotations.remove(ANNOTATION_ROTATE_AT);
+    for (k, v) in data {
+        data_patch.insert(
+            k,
+            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(v.0)),
+        );
     }
-    current_annotations.extend(annotations.clone());
-    secret
-        .labels_mut()
-        .insert(LABEL_RNDC_KEY.to_owned(), LABEL_RNDC_KEY_VALUE.to_owned());
-    secret
+    let remove: Vec<String> = (!annotations.contains_key(ANNOTATION_ROTATE_AT))
+        .then(|| ANNOTATION_ROTATE_AT.to_owned())
+        .into_iter()
+        .collect();
+    let mut patch = annotate_patch(current, annotations, &remove);
+    patch["data"] = serde_json::Value::Object(data_patch);
+    patch
+}
+
+/// The JSON merge patch that sets and removes annotations of the Secret as read and ensures the
+/// rndc-key label, with `current`'s `resourceVersion` as precondition (see [`rotation_patch`]).
+pub fn annotate_patch(
+    current: &Secret,
+    set: &BTreeMap<String, String>,
+    remove: &[String],
+) -> serde_json::Value {
+    let mut annotations = serde_json::Map::new();
+    for k in remove {
+        if current.annotations().contains_key(k) {
+            annotations.insert(k.clone(), serde_json::Value::Null);
+        }
+    }
+    for (k, v) in set {
+        annotations.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": current.metadata.resource_version,
+            "labels": { LABEL_RNDC_KEY: LABEL_RNDC_KEY_VALUE },
+            "annotations": annotations,
+        }
+    })
 }
 
 /// Applies an annotation change (and the rndc-key label) to the Secret as read, keeping the rest.
@@ -582,15 +613,25 @@ mod tests {
         );
     }
 
+    /// `current` with a merge patch applied, as the API server would (without the precondition).
+    fn patched(current: &Secret, patch: &serde_json::Value) -> Secret {
+        let mut value = serde_json::to_value(current).expect("serialises");
+        json_patch::merge(&mut value, patch);
+        serde_json::from_value(value).expect("still a Secret")
+    }
+
     #[test]
     fn rotation_preserves_every_other_label_annotation_and_data_key() {
-        let old = key_secret(now() - TimeDelta::days(91), 2);
+        let mut old = key_secret(now() - TimeDelta::days(91), 2);
+        old.annotations_mut()
+            .insert(ANNOTATION_ROTATE_AT.into(), "x".into());
         let annotations = BTreeMap::from([
             (ANNOTATION_CREATED_AT.to_owned(), format_time(now())),
             (ANNOTATION_ROTATION_COUNT.to_owned(), "3".to_owned()),
         ]);
-        let new = render_rotation(&old, key(Algorithm::HmacSha384, 9), &annotations);
-        assert_eq!(new.metadata.resource_version.as_deref(), Some("41"));
+        let patch = rotation_patch(&old, key(Algorithm::HmacSha384, 9), &annotations);
+        assert_eq!(patch["metadata"]["resourceVersion"], "41", "precondition");
+        let new = patched(&old, &patch);
         assert_eq!(new.labels().get("team").map(String::as_str), Some("dns"));
         assert_eq!(
             new.labels().get(LABEL_RNDC_KEY).map(String::as_str),
@@ -606,11 +647,16 @@ mod tests {
                 .map(String::as_str),
             Some("3")
         );
+        assert!(!new.annotations().contains_key(ANNOTATION_ROTATE_AT));
         let data = new.data.as_ref().expect("data");
         assert!(data.contains_key("extra"));
         assert_eq!(
             data.get(DATA_ALGORITHM).map(|b| b.0.as_slice()),
             Some(&b"hmac-sha384"[..])
+        );
+        assert_eq!(
+            data.get(DATA_SECRET),
+            key(Algorithm::HmacSha384, 9).data().get(DATA_SECRET)
         );
         assert_ne!(
             data.get(DATA_SECRET),
@@ -623,15 +669,21 @@ mod tests {
         let mut old = key_secret(now(), 0);
         old.annotations_mut()
             .insert(ANNOTATION_ROTATE_AT.into(), "x".into());
+        old.labels_mut().remove(LABEL_RNDC_KEY);
         let set = BTreeMap::from([(ANNOTATION_ROTATION_COUNT.to_owned(), "0".to_owned())]);
-        let new = render_annotate(&old, &set, &[ANNOTATION_ROTATE_AT.to_owned()]);
-        assert!(!new.annotations().contains_key(ANNOTATION_ROTATE_AT));
-        assert_eq!(
-            new.annotations().get("note").map(String::as_str),
-            Some("keep me")
-        );
-        assert_eq!(new.data, old.data);
-        assert!(lacks_label(&old) && !lacks_label(&new));
+        let remove = [ANNOTATION_ROTATE_AT.to_owned()];
+        let patch = annotate_patch(&old, &set, &remove);
+        assert_eq!(patch["metadata"]["resourceVersion"], "41", "precondition");
+        assert!(patch.get("data").is_none(), "the data is not sent");
+        for new in [patched(&old, &patch), render_annotate(&old, &set, &remove)] {
+            assert!(!new.annotations().contains_key(ANNOTATION_ROTATE_AT));
+            assert_eq!(
+                new.annotations().get("note").map(String::as_str),
+                Some("keep me")
+            );
+            assert_eq!(new.data, old.data);
+            assert!(lacks_label(&old) && !lacks_label(&new));
+        }
     }
 
     #[test]

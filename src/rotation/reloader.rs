@@ -26,6 +26,7 @@ use super::reload::{
     Debouncer, Decision, DesiredCondition, Loaded, REASON_FAILED, REASON_INVALID, REASON_NOT_FOUND,
     REASON_RELOADED, ReloadStrategy, Settled, decide, expected_key_digest,
 };
+use super::store::KeySecret;
 use super::{Error, FIELD_MANAGER};
 use crate::api::{
     ANNOTATION_ROTATED_AT, Bind9Instance, EVENT_RNDC_SECRET_RELOAD_FAILED,
@@ -404,9 +405,9 @@ async fn current_secret(
         )
         .await
     {
-        Ok(Some(mut secret)) => {
-            secret.metadata.managed_fields = None;
-            let secret = Arc::new(secret);
+        Ok(Some(secret)) => {
+            // Kept as small as the labelled cache keeps key Secrets.
+            let secret = Arc::new(KeySecret::new(secret).to_secret(namespace, name));
             if let Ok(mut memory) = ctx.reload_memory.lock() {
                 memory.fetched.insert(key, secret.clone());
             }

@@ -300,6 +300,7 @@ impl Rotator {
             args,
             PolicyConfig::default(),
             metrics.clone(),
+            None,
             async move {
                 let _ = stopped.await;
             },
