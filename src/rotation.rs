@@ -5,9 +5,11 @@
 //! ```text
 //!  watch caches (every replica)        leader only
 //!  Bind9Instance ─┐
-//!  Bind9Cluster  ─┼─► pass: group instances by Secret ─► policy::plan_rotation ─► worker tasks
-//!  key Secrets   ─┤         (plan::governing)                                   (bounded, QPS)
-//!  Deployments   ─┘   sleep until the earliest due time, a watch event or the resync period
+//!  Bind9Cluster  ─┼─► pass: group instances by Secret ─► policy::plan_rotation ─► queue of
+//!  key Secrets   ─┤         (plan::governing)                      Secret keys (deduplicated)
+//!  Deployments   ─┘   sleep until the earliest due time,                  │
+//!                     a watch event or the resync period     `--rotation-concurrency` workers:
+//!                                                            re-derive from the caches, write (QPS)
 //! ```
 //!
 //! Every pass re-derives what to do from the cluster: the key revision in the Secret
@@ -20,6 +22,7 @@ mod engine;
 pub mod exec;
 mod keys;
 pub mod plan;
+mod queue;
 pub mod reload;
 mod reloader;
 mod store;

@@ -1,11 +1,12 @@
 //! Watch caches, the scheduler and the worker that executes one Secret's plan.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -24,6 +25,7 @@ use super::plan::{
     SecretUser, annotate_patch, governing, lacks_label, needs_roll, plan_secret, render_annotate,
     render_provision, rotation_patch, seconds_until, status_in_sync,
 };
+use super::queue::{Taken, WorkQueue};
 use super::reload::ReloadStrategy;
 use super::reloader::{self, ReloadMemory};
 use super::store::{CompactStore, DeploymentMarker, KeySecret, SecretVersion, secret_version};
@@ -42,8 +44,6 @@ use crate::policy::{
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Events arriving within this window are handled by one pass.
 const DEBOUNCE: Duration = Duration::from_millis(50);
-/// First retry delay after a failure; doubled up to the resync period.
-const RETRY_BASE: Duration = Duration::from_secs(1);
 
 /// What the rotator reads, kept current by watches in the given namespaces (or all): instances
 /// and clusters (reflector stores, shared with admission when it runs in the same process),
@@ -375,43 +375,58 @@ pub(super) fn is_status(error: &Error, code: u16) -> bool {
 pub(super) fn group(ctx: &Context) -> BTreeMap<SecretKey, Vec<Member>> {
     let mut groups: BTreeMap<SecretKey, Vec<Member>> = BTreeMap::new();
     for instance in ctx.caches.instances() {
-        let Some(namespace) = instance.namespace() else {
-            continue;
-        };
-        let cluster = instance
-            .spec
-            .cluster_ref
-            .as_deref()
-            .filter(|c| !c.is_empty())
-            .and_then(|c| lookup(&ctx.caches.clusters, &namespace, c));
-        let config = match effective_config(&instance, cluster.as_deref(), &ctx.policy) {
-            Ok(config) => config,
-            Err(error) => {
-                tracing::debug!(instance = %format!("{namespace}/{}", instance.name_any()), %error, "skipping instance");
-                continue;
-            }
-        };
-        let inline = match &config.source {
-            ConfigSource::Instance => instance
-                .spec
-                .rndc_key
-                .as_ref()
-                .and_then(|b| b.secret.clone()),
-            ConfigSource::Role { role, .. } => cluster.as_deref().and_then(|c| {
-                Role::block_of(*role, c)
-                    .and_then(|b| b.rndc_key.as_ref())
-                    .and_then(|b| b.secret.clone())
-            }),
-            _ => None,
-        };
-        let key = (namespace, config.secret_name.clone());
-        let user = SecretUser::new(&instance, config, inline);
-        groups
-            .entry(key)
-            .or_default()
-            .push(Member { instance, user });
+        if let Some((key, member)) = member_of(ctx, instance) {
+            groups.entry(key).or_default().push(member);
+        }
     }
     groups
+}
+
+/// The Secret an instance uses and the instance as its user, from its effective configuration
+/// (`None`, logged: the configuration cannot be worked out).
+fn member_of(ctx: &Context, instance: Arc<Bind9Instance>) -> Option<(SecretKey, Member)> {
+    let namespace = instance.namespace()?;
+    let cluster = instance
+        .spec
+        .cluster_ref
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .and_then(|c| lookup(&ctx.caches.clusters, &namespace, c));
+    let config = match effective_config(&instance, cluster.as_deref(), &ctx.policy) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::debug!(instance = %format!("{namespace}/{}", instance.name_any()), %error, "skipping instance");
+            return None;
+        }
+    };
+    let inline = match &config.source {
+        ConfigSource::Instance => instance
+            .spec
+            .rndc_key
+            .as_ref()
+            .and_then(|b| b.secret.clone()),
+        ConfigSource::Role { role, .. } => cluster.as_deref().and_then(|c| {
+            Role::block_of(*role, c)
+                .and_then(|b| b.rndc_key.as_ref())
+                .and_then(|b| b.secret.clone())
+        }),
+        _ => None,
+    };
+    let key = (namespace, config.secret_name.clone());
+    let user = SecretUser::new(&instance, config, inline);
+    Some((key, Member { instance, user }))
+}
+
+/// The users of `key` now: the instances named `users` (its users when it was queued) re-read
+/// from the cache, those that still use it.
+fn members_now(ctx: &Context, key: &SecretKey, users: &[Box<str>]) -> Vec<Member> {
+    users
+        .iter()
+        .filter_map(|name| ctx.caches.instance(&key.0, name))
+        .filter_map(|instance| member_of(ctx, instance))
+        .filter(|(k, _)| k == key)
+        .map(|(_, member)| member)
+        .collect()
 }
 
 /// What a pass found for one Secret.
@@ -519,22 +534,19 @@ fn status_pending(ctx: &Context, member: &Member, secret: &Secret) -> bool {
     ) && !status_in_sync(instance.status.as_ref(), &desired)
 }
 
-/// Failure bookkeeping per Secret: attempts and the earliest next try.
-#[derive(Default)]
-struct Backoff {
-    attempts: u32,
-    until: Option<tokio::time::Instant>,
-}
-
 /// The scheduler: passes over every Secret on watch events, at the earliest due time and every
-/// resync period, dispatching work to at most `concurrency` workers. Runs until dropped.
+/// resync period, and queues the Secrets with work for `concurrency` workers ([`WorkQueue`]).
+/// Runs until dropped; dropping it stops the workers at once.
 pub async fn schedule(ctx: Arc<Context>) -> Result<(), Error> {
     ctx.caches.wait_ready().await;
     tracing::info!("rotator caches synced");
+    // Shared with the reloader's tasks: at most `concurrency` Secrets or reloads at once.
     let semaphore = Arc::new(Semaphore::new(ctx.args.concurrency));
-    let mut tasks: JoinSet<(SecretKey, Result<(), Error>)> = JoinSet::new();
-    let mut in_flight: HashSet<SecretKey> = HashSet::new();
-    let mut backoff: HashMap<SecretKey, Backoff> = HashMap::new();
+    let queue = Arc::new(WorkQueue::new(ctx.args.resync_period));
+    let mut workers = JoinSet::new();
+    for _ in 0..ctx.args.concurrency {
+        workers.spawn(work(ctx.clone(), queue.clone(), semaphore.clone()));
+    }
     let mut reloads = reloader::Reloads::new(ctx.args.reload_debounce);
     let resync = ctx.args.resync_period;
     loop {
@@ -545,10 +557,7 @@ pub async fn schedule(ctx: Arc<Context>) -> Result<(), Error> {
             next_wake = next_wake.min(at);
         }
         for (key, members) in groups {
-            if in_flight.contains(&key) {
-                continue;
-            }
-            if let Some(until) = backoff.get(&key).and_then(|b| b.until)
+            if let Some(until) = queue.backoff_until(&key)
                 && until > tokio::time::Instant::now()
             {
                 next_wake = next_wake.min(until);
@@ -560,17 +569,11 @@ pub async fn schedule(ctx: Arc<Context>) -> Result<(), Error> {
                 next_wake = next_wake.min(tokio::time::Instant::now() + delay);
             }
             if assessment.work {
-                in_flight.insert(key.clone());
-                let ctx = ctx.clone();
-                let semaphore = semaphore.clone();
-                tasks.spawn(async move {
-                    let _permit = semaphore.acquire_owned().await;
-                    // Boxed so that a queued task is small: unboxed, every task waiting for a
-                    // permit carried the whole reconcile state machine (10,000 queued status
-                    // writes: 314 MiB RSS instead of 174 MiB, tests/e2e_rotation_memory.rs).
-                    let result = Box::pin(reconcile(&ctx, &key, &members)).await;
-                    (key, result)
-                });
+                let users = members
+                    .iter()
+                    .map(|m| Box::from(m.user.instance.as_str()))
+                    .collect();
+                queue.push(key, users);
             }
         }
         tokio::select! {
@@ -578,53 +581,57 @@ pub async fn schedule(ctx: Arc<Context>) -> Result<(), Error> {
             () = ctx.caches.changed.notified() => {
                 tokio::time::sleep(DEBOUNCE).await;
             }
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                handle_done(&ctx, joined, &mut in_flight, &mut backoff);
+            () = queue.failed() => {}
+            Some(joined) = workers.join_next() => {
+                // Workers loop for ever and catch panics of their work; keep the pool full anyway.
+                tracing::error!(?joined, "a rotation worker stopped; starting another");
+                workers.spawn(work(ctx.clone(), queue.clone(), semaphore.clone()));
             }
             Some(joined) = reloads.join_next(), if reloads.busy() => {
                 reloads.done(&ctx, joined);
             }
         }
         reloads.reap(&ctx);
-        while let Some(joined) = tasks.try_join_next() {
-            handle_done(&ctx, joined, &mut in_flight, &mut backoff);
-        }
     }
 }
 
-fn handle_done(
-    ctx: &Context,
-    joined: Result<(SecretKey, Result<(), Error>), tokio::task::JoinError>,
-    in_flight: &mut HashSet<SecretKey>,
-    backoff: &mut HashMap<SecretKey, Backoff>,
-) {
-    let (key, result) = match joined {
-        Ok(done) => done,
-        Err(error) => {
-            tracing::error!(%error, "a rotation worker panicked");
-            return;
-        }
-    };
-    in_flight.remove(&key);
-    match result {
-        Ok(()) => {
-            backoff.remove(&key);
-        }
-        Err(error) => {
-            let entry = backoff.entry(key.clone()).or_default();
-            entry.attempts = entry.attempts.saturating_add(1);
-            let delay = RETRY_BASE
-                .saturating_mul(1u32 << entry.attempts.min(16).saturating_sub(1))
-                .min(ctx.args.resync_period);
-            entry.until = Some(tokio::time::Instant::now() + delay);
+/// A worker: takes the next queued Secret, re-derives its users and its work from the caches
+/// and, when there is still work, reconciles it.
+async fn work(ctx: Arc<Context>, queue: Arc<WorkQueue>, semaphore: Arc<Semaphore>) {
+    loop {
+        let Taken { key, users } = queue.take().await;
+        let result = {
+            let _permit = semaphore.acquire().await;
+            AssertUnwindSafe(work_on(&ctx, &key, &users))
+                .catch_unwind()
+                .await
+        };
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some("the rotation worker panicked".to_owned()),
+        };
+        if let Some(retry_in) = queue.finish(&key, error.is_some())
+            && let Some(error) = error
+        {
             tracing::warn!(
                 secret = %format!("{}/{}", key.0, key.1),
                 %error,
-                retry_in = ?delay,
+                retry_in = ?retry_in,
                 "RNDC key work failed"
             );
         }
     }
+}
+
+/// One Secret taken from the queue: assessed again from the caches (its users, the Secret, the
+/// Deployments and statuses may have changed since it was queued), then reconciled.
+async fn work_on(ctx: &Context, key: &SecretKey, users: &[Box<str>]) -> Result<(), Error> {
+    let members = members_now(ctx, key, users);
+    if !assess(ctx, key, &members, Utc::now()).work {
+        return Ok(());
+    }
+    reconcile(ctx, key, &members).await
 }
 
 /// What happened to the Secret in one reconcile.
