@@ -132,7 +132,8 @@ fn log_decision(
     reason: Option<&str>,
     started: Instant,
 ) {
-    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    // Field values are evaluated only when the event is enabled: no clock read otherwise.
+    let latency_us = || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let uid = request.uid.as_ref();
     let kind = request.kind.kind.as_ref();
     let namespace = request.namespace.as_deref().unwrap_or_default();
@@ -152,7 +153,7 @@ fn log_decision(
                 operation,
                 endpoint,
                 decision,
-                latency_us,
+                latency_us = latency_us(),
                 reason,
                 "admission"
             )
@@ -166,7 +167,7 @@ fn log_decision(
                 operation,
                 endpoint,
                 decision,
-                latency_us,
+                latency_us = latency_us(),
                 "admission"
             )
         }
