@@ -6,6 +6,7 @@
 //! AdmissionReview whose `uid` echoes the request: malformed requests become denials that say
 //! what is wrong, never a panic or a 500.
 
+pub mod request;
 pub mod review;
 pub mod server;
 pub mod tls;
@@ -13,20 +14,21 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use kube::core::admission::Operation;
+use serde::Serialize;
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::{AdmissionLabels, Decision, Endpoint, EndpointLabels, Metrics};
-pub use review::{AdmissionPolicy, ReviewRequest};
+pub use request::{Malformed, ReviewRequest, V1, parse_body};
+pub use review::AdmissionPolicy;
 
 /// The largest request body accepted, as the apiserver's own webhook client allows (7 MiB).
 pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
@@ -75,16 +77,12 @@ pub fn router(state: AdmissionState, limits: RequestLimits) -> Router {
         .with_state(state)
 }
 
-async fn mutate(State(state): State<AdmissionState>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(&state, Endpoint::Mutate, &headers, &body)
+async fn mutate(State(state): State<AdmissionState>, request: Request) -> Response {
+    handle(&state, Endpoint::Mutate, request).await
 }
 
-async fn validate(
-    State(state): State<AdmissionState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(&state, Endpoint::Validate, &headers, &body)
+async fn validate(State(state): State<AdmissionState>, request: Request) -> Response {
+    handle(&state, Endpoint::Validate, request).await
 }
 
 /// Counts the request as in flight for as long as it lives.
@@ -103,24 +101,21 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn handle(
-    state: &AdmissionState,
-    endpoint: Endpoint,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
+async fn handle(state: &AdmissionState, endpoint: Endpoint, request: Request) -> Response {
     let started = Instant::now();
     let _in_flight = InFlight::start(&state.metrics);
-    let (response, labels, summary) = answer(state, endpoint, headers, body);
-    let elapsed = started.elapsed();
-    if let Some(summary) = summary {
-        summary.log(endpoint, labels.decision, elapsed);
-    }
+    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    // Reads the body within the route's `DefaultBodyLimit`: 413 beyond it.
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(body) => body,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let (response, labels) = answer(state, endpoint, content_type.as_ref(), &body, started);
     state
         .metrics
         .admission_duration
         .get_or_create(&EndpointLabels { endpoint })
-        .observe(elapsed.as_secs_f64());
+        .observe(started.elapsed().as_secs_f64());
     state
         .metrics
         .admission_requests
@@ -129,35 +124,52 @@ fn handle(
     response
 }
 
-/// What one decided request is logged with (never the object itself: it may hold a key).
-struct RequestSummary {
-    uid: String,
-    kind: String,
-    namespace: String,
-    name: String,
-    operation: String,
-    reason: Option<String>,
-}
-
-impl RequestSummary {
-    fn log(&self, endpoint: Endpoint, decision: Decision, elapsed: Duration) {
-        let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let Self {
-            uid,
-            kind,
-            namespace,
-            name,
-            operation,
-            reason,
-        } = self;
-        let (endpoint, decision) = (endpoint.as_str(), decision.as_str());
-        match reason {
-            Some(reason) => {
-                tracing::info!(%uid, %kind, %namespace, %name, %operation, endpoint, decision, latency_us, %reason, "admission")
-            }
-            None => {
-                tracing::debug!(%uid, %kind, %namespace, %name, %operation, endpoint, decision, latency_us, "admission")
-            }
+/// Logs one decided request (never the object itself: it may hold a key).
+fn log_decision(
+    request: &ReviewRequest<'_>,
+    endpoint: Endpoint,
+    labels: &AdmissionLabels,
+    reason: Option<&str>,
+    started: Instant,
+) {
+    // Field values are evaluated only when the event is enabled: no clock read otherwise.
+    let latency_us = || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let uid = request.uid.as_ref();
+    let kind = request.kind.kind.as_ref();
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let name = request.name.as_ref();
+    let (operation, endpoint, decision) = (
+        labels.operation,
+        endpoint.as_str(),
+        labels.decision.as_str(),
+    );
+    match reason {
+        Some(reason) => {
+            tracing::info!(
+                uid,
+                kind,
+                namespace,
+                name,
+                operation,
+                endpoint,
+                decision,
+                latency_us = latency_us(),
+                reason,
+                "admission"
+            )
+        }
+        None => {
+            tracing::debug!(
+                uid,
+                kind,
+                namespace,
+                name,
+                operation,
+                endpoint,
+                decision,
+                latency_us = latency_us(),
+                "admission"
+            )
         }
     }
 }
@@ -165,8 +177,8 @@ impl RequestSummary {
 fn invalid_labels(endpoint: Endpoint) -> AdmissionLabels {
     AdmissionLabels {
         endpoint,
-        kind: "unknown".to_owned(),
-        operation: "unknown".to_owned(),
+        kind: "unknown",
+        operation: "unknown",
         decision: Decision::Invalid,
     }
 }
@@ -181,44 +193,38 @@ fn plain_error(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
+}
+
 fn answer(
     state: &AdmissionState,
     endpoint: Endpoint,
-    headers: &HeaderMap,
+    content_type: Option<&HeaderValue>,
     body: &[u8],
-) -> (Response, AdmissionLabels, Option<RequestSummary>) {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
-    let media_type = content_type.split(';').next().unwrap_or("").trim();
-    if !media_type.eq_ignore_ascii_case("application/json") {
+    started: Instant,
+) -> (Response, AdmissionLabels) {
+    if !is_json(content_type) {
+        let shown = content_type
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .unwrap_or_default();
         let message = format!(
-            "content type must be application/json, got {:?}; send an admission.k8s.io/v1 AdmissionReview",
-            content_type
+            "content type must be application/json, got {shown:?}; send an admission.k8s.io/v1 AdmissionReview"
         );
         return (
             plain_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message),
             invalid_labels(endpoint),
-            None,
         );
     }
-    let parsed = match fast_parse(body) {
-        Some(request) => Ok(request),
-        None => match serde_json::from_slice::<Value>(body) {
-            Ok(raw) => parse_review(raw),
-            Err(error) => Err(Malformed::NotAReview(format!(
-                "request body is not JSON ({error}); send an admission.k8s.io/v1 AdmissionReview"
-            ))),
-        },
-    };
-    let request = match parsed {
+    let request = match parse_body(body) {
         Ok(request) => request,
         Err(Malformed::NotAReview(message)) => {
             return (
                 plain_error(StatusCode::BAD_REQUEST, message),
                 invalid_labels(endpoint),
-                None,
             );
         }
         Err(Malformed::BadRequest {
@@ -227,22 +233,16 @@ fn answer(
             message,
         }) => {
             tracing::info!(%uid, %message, "denied a malformed admission request");
-            let response = ResponseBody::invalid(uid, message);
+            let response = ResponseBody::invalid(&uid, message);
             return (
                 review_json(&api_version, &response),
                 invalid_labels(endpoint),
-                None,
             );
         }
     };
     let verdict = state.policy.review(endpoint, &request);
-    let kind = request.kind.kind.clone();
-    let operation = operation_name(&request);
-    let namespace = request.namespace.clone().unwrap_or_default();
-    let mut response = ResponseBody::allowed(request.uid.clone());
-    let mut reason = None;
+    let mut response = ResponseBody::allowed(&request.uid);
     let decision = if let Some(message) = verdict.denial {
-        reason = Some(message.clone());
         response.deny(message);
         Decision::Denied
     } else if let Some(patch) = verdict.patch {
@@ -265,32 +265,41 @@ fn answer(
     if !verdict.warnings.is_empty() {
         response.warnings = Some(verdict.warnings);
     }
-    let summary = RequestSummary {
-        uid: request.uid.clone(),
-        kind: kind.clone(),
-        namespace,
-        name: request.name.clone(),
-        operation: operation.clone(),
-        reason,
-    };
     let labels = AdmissionLabels {
         endpoint,
-        kind,
-        operation,
+        kind: kind_label(&request.kind.kind),
+        operation: operation_label(&request.operation),
         decision,
     };
-    (
-        review_json("admission.k8s.io/v1", &response),
-        labels,
-        Some(summary),
-    )
+    log_decision(
+        &request,
+        endpoint,
+        &labels,
+        response.status.message.as_deref(),
+        started,
+    );
+    (review_json(V1, &response), labels)
 }
 
-fn operation_name(request: &ReviewRequest) -> String {
-    serde_json::to_value(&request.operation)
-        .ok()
-        .and_then(|value| value.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".to_owned())
+/// The `kind` label: one of the kinds the webhook handles, else `other`, so that a misconfigured
+/// rule cannot grow the metric without bound.
+fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "Bind9Instance" => "Bind9Instance",
+        "Bind9Cluster" => "Bind9Cluster",
+        "ClusterBind9Provider" => "ClusterBind9Provider",
+        "Secret" => "Secret",
+        _ => "other",
+    }
+}
+
+fn operation_label(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
 }
 
 /// `response.status` of an AdmissionReview: a `meta/v1` Status, of which only these fields are used.
@@ -309,8 +318,8 @@ struct StatusBody {
 /// `response` of an AdmissionReview v1.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct ResponseBody {
-    uid: String,
+struct ResponseBody<'a> {
+    uid: &'a str,
     allowed: bool,
     status: StatusBody,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -321,8 +330,8 @@ struct ResponseBody {
     warnings: Option<Vec<String>>,
 }
 
-impl ResponseBody {
-    fn allowed(uid: String) -> Self {
+impl<'a> ResponseBody<'a> {
+    fn allowed(uid: &'a str) -> Self {
         Self {
             uid,
             allowed: true,
@@ -334,7 +343,7 @@ impl ResponseBody {
     }
 
     /// An unusable request: denied with a Failure status, as kube-core's `invalid` does.
-    fn invalid(uid: String, message: String) -> Self {
+    fn invalid(uid: &'a str, message: String) -> Self {
         Self {
             allowed: false,
             status: StatusBody {
@@ -358,97 +367,31 @@ impl ResponseBody {
 struct ReviewBody<'a> {
     api_version: &'a str,
     kind: &'static str,
-    response: &'a ResponseBody,
+    response: &'a ResponseBody<'a>,
 }
 
 /// Encodes the response as an AdmissionReview of `api_version`.
-fn review_json(api_version: &str, response: &ResponseBody) -> Response {
-    Json(ReviewBody {
+fn review_json(api_version: &str, response: &ResponseBody<'_>) -> Response {
+    let review = ReviewBody {
         api_version,
         kind: "AdmissionReview",
         response,
-    })
-    .into_response()
-}
-
-/// Why a body could not be turned into an admission request.
-enum Malformed {
-    /// Not an AdmissionReview at all: answered with 400.
-    NotAReview(String),
-    /// An AdmissionReview whose request is unusable: answered with a denial.
-    BadRequest {
-        api_version: String,
-        uid: String,
-        message: String,
-    },
-}
-
-/// An AdmissionReview as sent by the apiserver.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewEnvelope {
-    #[serde(default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
-    request: Option<ReviewRequest>,
-}
-
-/// The common case in one pass: a well-formed v1 AdmissionReview with a request. Anything else
-/// returns `None` and goes through [`parse_review`] for a precise message.
-fn fast_parse(body: &[u8]) -> Option<ReviewRequest> {
-    let review: ReviewEnvelope = serde_json::from_slice(body).ok()?;
-    if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
-        return None;
-    }
-    review.request
-}
-
-/// Works out what is wrong with a body that [`fast_parse`] refused, or parses it after all.
-fn parse_review(raw: Value) -> Result<ReviewRequest, Malformed> {
-    let field = |value: &Value, key: &str| {
-        value
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
     };
-    if !raw.is_object() {
-        return Err(Malformed::NotAReview(
-            "request body is not a JSON object; send an admission.k8s.io/v1 AdmissionReview"
-                .to_owned(),
-        ));
+    // Sized for a typical answer, so the buffer is written once; patches and messages grow it.
+    let mut body = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut body, &review) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        // Strings, booleans and numbers always serialise; this is unreachable in practice.
+        Err(error) => plain_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rndc-warden could not encode its answer: {error}"),
+        ),
     }
-    let kind = field(&raw, "kind");
-    if kind != "AdmissionReview" {
-        return Err(Malformed::NotAReview(format!(
-            "request body has kind {kind:?}, expected \"AdmissionReview\" (admission.k8s.io/v1)"
-        )));
-    }
-    let api_version = field(&raw, "apiVersion");
-    let Some(request) = raw.get("request").filter(|request| !request.is_null()) else {
-        return Err(Malformed::NotAReview(
-            "AdmissionReview has no request; the apiserver always sends one".to_owned(),
-        ));
-    };
-    let uid = field(request, "uid");
-    if api_version != "admission.k8s.io/v1" {
-        return Err(Malformed::BadRequest {
-            api_version: if api_version.is_empty() {
-                "admission.k8s.io/v1".to_owned()
-            } else {
-                api_version.clone()
-            },
-            uid,
-            message: format!(
-                "AdmissionReview apiVersion {api_version:?} is not supported; set admissionReviewVersions: [\"v1\"] in the webhook configuration"
-            ),
-        });
-    }
-    let text = request.to_string();
-    serde_json::from_str::<ReviewRequest>(&text).map_err(|error| Malformed::BadRequest {
-        api_version,
-        uid,
-        message: format!("AdmissionReview request is malformed: {error}"),
-    })
 }

@@ -73,10 +73,11 @@ impl EncodeLabelValue for Decision {
 pub struct AdmissionLabels {
     /// `/mutate` or `/validate`.
     pub endpoint: Endpoint,
-    /// The object kind (`Bind9Instance`, `Bind9Cluster`, `Secret`, or `unknown`).
-    pub kind: String,
+    /// The object kind (`Bind9Instance`, `Bind9Cluster`, `ClusterBind9Provider`, `Secret`,
+    /// `other`, or `unknown` for a malformed request).
+    pub kind: &'static str,
     /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT` or `unknown`.
-    pub operation: String,
+    pub operation: &'static str,
     /// The decision.
     pub decision: Decision,
 }
@@ -242,8 +243,8 @@ mod tests {
             .admission_requests
             .get_or_create(&AdmissionLabels {
                 endpoint: Endpoint::Validate,
-                kind: "Bind9Instance".to_owned(),
-                operation: "CREATE".to_owned(),
+                kind: "Bind9Instance",
+                operation: "CREATE",
                 decision: Decision::Denied,
             })
             .inc();

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::Secret;
-use kube::core::GroupVersionKind;
 use kube::core::admission::Operation;
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::value::RawValue;
+
+use super::request::{HandledKind, RequestObject, ReviewRequest};
 
 use crate::api::{Bind9Cluster, Bind9ClusterSpec, Bind9Instance, ClusterBind9Provider, GROUP};
 use crate::cache::{ClusterCache, ClusterRefTarget, Lookup};
@@ -54,43 +52,6 @@ impl AdmissionVerdict {
     }
 }
 
-/// The parts of an AdmissionReview v1 request rndc-warden reads. The objects stay raw JSON until
-/// the kind is known, so each is parsed once, straight into its own type.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReviewRequest {
-    /// Echoed in the response.
-    pub uid: String,
-    /// Kind of the object.
-    pub kind: GroupVersionKind,
-    /// Name of the object (empty for `generateName` creates).
-    #[serde(default)]
-    pub name: String,
-    /// Namespace of the object.
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// CREATE, UPDATE, DELETE or CONNECT.
-    pub operation: Operation,
-    /// Who sent the request.
-    #[serde(default)]
-    pub user_info: k8s_openapi::api::authentication::v1::UserInfo,
-    /// The submitted object (CREATE, UPDATE).
-    #[serde(default)]
-    pub object: Option<Box<RawValue>>,
-    /// The stored object (UPDATE, DELETE).
-    #[serde(default)]
-    pub old_object: Option<Box<RawValue>>,
-}
-
-/// The kinds the webhook handles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Instance,
-    Cluster,
-    Provider,
-    Secret,
-}
-
 /// Policy, caches and clock: everything a request is decided with.
 pub struct AdmissionPolicy {
     config: PolicyConfig,
@@ -127,8 +88,8 @@ impl AdmissionPolicy {
     }
 
     /// Decides one request for `endpoint`.
-    pub fn review(&self, endpoint: Endpoint, request: &ReviewRequest) -> AdmissionVerdict {
-        let Some(kind) = kind_of(request) else {
+    pub fn review(&self, endpoint: Endpoint, request: &ReviewRequest<'_>) -> AdmissionVerdict {
+        let Some(kind) = request.kind.handled() else {
             return AdmissionVerdict::deny(format!(
                 "rndc-warden does not handle {}/{} {}; limit the webhook rules to Bind9Instance, \
                  Bind9Cluster, ClusterBind9Provider (bindy.firestoned.io) and Secrets",
@@ -150,9 +111,10 @@ impl AdmissionPolicy {
         };
         let namespace = request.namespace.as_deref().unwrap_or_default();
         match kind {
-            Kind::Instance => self.instance(endpoint, object, namespace),
-            Kind::Cluster => {
-                self.decode::<Bind9Cluster>(object, "Bind9Cluster")
+            HandledKind::Instance => self.instance(endpoint, object, namespace),
+            HandledKind::Cluster => {
+                object
+                    .cluster()
                     .map_or_else(AdmissionVerdict::deny, |cluster| match endpoint {
                         Endpoint::Mutate => AdmissionVerdict::from_mutation(
                             policy::mutate_cluster(&cluster, &self.config),
@@ -162,8 +124,9 @@ impl AdmissionPolicy {
                         ),
                     })
             }
-            Kind::Provider => {
-                self.decode::<ClusterBind9Provider>(object, "ClusterBind9Provider")
+            HandledKind::Provider => {
+                object
+                    .provider()
                     .map_or_else(AdmissionVerdict::deny, |provider| match endpoint {
                         Endpoint::Mutate => AdmissionVerdict::from_mutation(
                             policy::mutate_provider(&provider, &self.config),
@@ -173,14 +136,8 @@ impl AdmissionPolicy {
                         ),
                     })
             }
-            Kind::Secret => self.secret(endpoint, request, object, namespace),
+            HandledKind::Secret => self.secret(endpoint, request, object, namespace),
         }
-    }
-
-    fn decode<T: DeserializeOwned>(&self, object: &RawValue, kind: &str) -> Result<T, String> {
-        serde_json::from_str(object.get()).map_err(|error| {
-            format!("the {kind} does not match the bindy.firestoned.io/v1beta1 schema: {error}")
-        })
     }
 
     /// The cluster an instance refers to, as far as the caches know it.
@@ -199,8 +156,13 @@ impl AdmissionPolicy {
         }
     }
 
-    fn instance(&self, endpoint: Endpoint, object: &RawValue, namespace: &str) -> AdmissionVerdict {
-        let instance = match self.decode::<Bind9Instance>(object, "Bind9Instance") {
+    fn instance(
+        &self,
+        endpoint: Endpoint,
+        object: &RequestObject<'_>,
+        namespace: &str,
+    ) -> AdmissionVerdict {
+        let instance = match object.instance() {
             Ok(instance) => instance,
             Err(message) => return AdmissionVerdict::deny(message),
         };
@@ -251,18 +213,18 @@ impl AdmissionPolicy {
     fn secret(
         &self,
         endpoint: Endpoint,
-        request: &ReviewRequest,
-        object: &RawValue,
+        request: &ReviewRequest<'_>,
+        object: &RequestObject<'_>,
         namespace: &str,
     ) -> AdmissionVerdict {
-        let new = match self.decode::<Secret>(object, "Secret") {
+        let new = match object.decode::<Secret>("Secret") {
             Ok(secret) => secret,
             Err(message) => return AdmissionVerdict::deny(message),
         };
         let old = match request
             .old_object
             .as_ref()
-            .map(|old| self.decode::<Secret>(old, "stored Secret"))
+            .map(|old| old.decode::<Secret>("stored Secret"))
         {
             Some(Ok(old)) => Some(old),
             Some(Err(message)) => return AdmissionVerdict::deny(message),
@@ -306,17 +268,6 @@ fn provider_as_cluster(name: &str, provider: &ClusterBind9Provider) -> Bind9Clus
             extra: Default::default(),
         },
     )
-}
-
-fn kind_of(request: &ReviewRequest) -> Option<Kind> {
-    let kind = &request.kind;
-    match (kind.group.as_str(), kind.kind.as_str()) {
-        (GROUP, "Bind9Instance") => Some(Kind::Instance),
-        (GROUP, "Bind9Cluster") => Some(Kind::Cluster),
-        (GROUP, "ClusterBind9Provider") => Some(Kind::Provider),
-        ("", "Secret") if kind.version == "v1" => Some(Kind::Secret),
-        _ => None,
-    }
 }
 
 fn display_group(group: &str) -> &str {

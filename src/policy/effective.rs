@@ -76,13 +76,19 @@ pub enum ConfigSource {
 impl ConfigSource {
     /// Field path of the winning block, for messages.
     pub fn path(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigSource::Instance => "spec.rndcKey".to_owned(),
+            ConfigSource::Instance => f.write_str("spec.rndcKey"),
             ConfigSource::Role { cluster, role } => {
-                format!("Bind9Cluster {cluster} spec.{role}.rndcKey")
+                write!(f, "Bind9Cluster {cluster} spec.{role}.rndcKey")
             }
-            ConfigSource::DeprecatedSecretRef => "spec.rndcSecretRef".to_owned(),
-            ConfigSource::Defaults => "the policy defaults".to_owned(),
+            ConfigSource::DeprecatedSecretRef => f.write_str("spec.rndcSecretRef"),
+            ConfigSource::Defaults => f.write_str("the policy defaults"),
         }
     }
 }
@@ -212,15 +218,16 @@ fn data_keys(reference: &RndcSecretRef) -> DataKeys {
     }
 }
 
+/// The named algorithm, or the default when none is named; `path` is only formatted for an error.
 fn algorithm_or_default(
     value: Option<&str>,
-    path: String,
+    path: fmt::Arguments<'_>,
     cfg: &PolicyConfig,
 ) -> Result<Algorithm, EffectiveConfigError> {
     match value {
         None => Ok(cfg.default_algorithm),
         Some(name) => Algorithm::parse(name).ok_or_else(|| EffectiveConfigError::Invalid {
-            path,
+            path: path.to_string(),
             message: format!("{name:?} is not a supported algorithm"),
         }),
     }
@@ -235,7 +242,7 @@ pub fn effective_config(
 ) -> Result<EffectiveKeyConfig, EffectiveConfigError> {
     let (source, winner) = winning_block(instance, cluster)?;
     let name = instance.metadata.name.as_deref().unwrap_or_default();
-    let base = source.path();
+    let base = &source;
     let generated_name = || {
         if name.is_empty() {
             Err(EffectiveConfigError::Unnamed)
@@ -253,19 +260,22 @@ pub fn effective_config(
             management: Management::Generated,
             data_keys: DataKeys::default(),
         }),
-        Winner::DeprecatedRef(reference) => Ok(EffectiveKeyConfig {
-            source,
-            auto_rotate: false,
-            rotate_after: cfg.default_rotate_after,
-            algorithm: algorithm_or_default(
+        Winner::DeprecatedRef(reference) => {
+            let algorithm = algorithm_or_default(
                 reference.algorithm.as_deref(),
-                format!("{base}.algorithm"),
+                format_args!("{base}.algorithm"),
                 cfg,
-            )?,
-            secret_name: reference.name.clone(),
-            management: Management::UserManaged,
-            data_keys: data_keys(reference),
-        }),
+            )?;
+            Ok(EffectiveKeyConfig {
+                source,
+                auto_rotate: false,
+                rotate_after: cfg.default_rotate_after,
+                algorithm,
+                secret_name: reference.name.clone(),
+                management: Management::UserManaged,
+                data_keys: data_keys(reference),
+            })
+        }
         Winner::Block(block) => {
             let rotate_after = match block.rotate_after.as_deref() {
                 None => cfg.default_rotate_after,
@@ -282,22 +292,26 @@ pub fn effective_config(
                     .algorithm
                     .as_deref()
                     .or(block.algorithm.as_deref());
+                let algorithm = algorithm_or_default(
+                    declared,
+                    format_args!("{base}.secretRef.algorithm"),
+                    cfg,
+                )?;
                 return Ok(EffectiveKeyConfig {
                     source,
                     auto_rotate,
                     rotate_after,
-                    algorithm: algorithm_or_default(
-                        declared,
-                        format!("{base}.secretRef.algorithm"),
-                        cfg,
-                    )?,
+                    algorithm,
                     secret_name: reference.name.clone(),
                     management: Management::UserManaged,
                     data_keys: data_keys(reference),
                 });
             }
-            let algorithm =
-                algorithm_or_default(block.algorithm.as_deref(), format!("{base}.algorithm"), cfg)?;
+            let algorithm = algorithm_or_default(
+                block.algorithm.as_deref(),
+                format_args!("{base}.algorithm"),
+                cfg,
+            )?;
             let (secret_name, management) = match &block.secret {
                 Some(inline) => (inline.metadata.name.clone(), Management::Inline),
                 None => (generated_name()?, Management::Generated),

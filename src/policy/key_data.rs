@@ -2,6 +2,7 @@
 //! `key-name`/`algorithm`/`secret` data keys agree with it, and the key is long enough.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use k8s_openapi::api::core::v1::Secret;
 
@@ -170,7 +171,7 @@ pub(crate) fn weak_algorithm_warning(path: &str) -> String {
 
 /// Checks an algorithm name wherever it appears; returns it when it parses.
 pub(crate) fn check_algorithm_name(
-    path: &str,
+    path: impl fmt::Display,
     name: &str,
     cfg: &PolicyConfig,
     findings: &mut Findings,
@@ -184,9 +185,9 @@ pub(crate) fn check_algorithm_name(
         return None;
     };
     if cfg.is_denied(algorithm) {
-        findings.deny(denied_algorithm_message(path, algorithm, cfg));
+        findings.deny(denied_algorithm_message(&path.to_string(), algorithm, cfg));
     } else if algorithm.strength() == Strength::Weak {
-        findings.warn(weak_algorithm_warning(path));
+        findings.warn(weak_algorithm_warning(&path.to_string()));
     }
     Some(algorithm)
 }

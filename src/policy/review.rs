@@ -2,6 +2,8 @@
 //! as an RFC 6902 patch (never changing which level wins) and validation of every place an
 //! algorithm, a duration or a key can appear.
 
+use std::fmt;
+
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use serde::Serialize;
@@ -289,7 +291,7 @@ fn deny_unknown_fields(path: &str, extra: &Extra, known: &str, findings: &mut Fi
     }
 }
 
-fn check_secret_name(path: &str, name: &str, findings: &mut Findings) {
+fn check_secret_name(path: impl fmt::Display, name: &str, findings: &mut Findings) {
     if !is_dns_subdomain(name) {
         findings.deny(format!(
             "{path}: {:?} is not a valid Secret name; use lower-case letters, digits, '-' and '.' \
@@ -311,9 +313,9 @@ fn check_reference(
         "name, algorithm, keyNameKey, algorithmKey or secretKey",
         findings,
     );
-    check_secret_name(&format!("{path}.name"), &reference.name, findings);
+    check_secret_name(format_args!("{path}.name"), &reference.name, findings);
     if let Some(algorithm) = &reference.algorithm {
-        check_algorithm_name(&format!("{path}.algorithm"), algorithm, cfg, findings);
+        check_algorithm_name(format_args!("{path}.algorithm"), algorithm, cfg, findings);
     }
 }
 
@@ -338,7 +340,7 @@ fn check_block(path: &str, block: &RndcKeyConfig, cfg: &PolicyConfig, findings: 
     let algorithm = block
         .algorithm
         .as_deref()
-        .map(|name| check_algorithm_name(&format!("{path}.algorithm"), name, cfg, findings))
+        .map(|name| check_algorithm_name(format_args!("{path}.algorithm"), name, cfg, findings))
         .unwrap_or(Some(cfg.default_algorithm));
     if block.secret_ref.is_some() && block.secret.is_some() {
         findings.deny(format!(
@@ -370,7 +372,7 @@ fn check_block(path: &str, block: &RndcKeyConfig, cfg: &PolicyConfig, findings: 
             findings,
         );
         check_secret_name(
-            &format!("{prefix}.metadata.name"),
+            format_args!("{prefix}.metadata.name"),
             &inline.metadata.name,
             findings,
         );
@@ -495,9 +497,11 @@ pub fn validate_instance(
         Ok(effective) => {
             if effective.is_managed() {
                 if effective.management == Management::Generated {
-                    let path =
-                        format!("the Secret name from template {}", cfg.secret_name_template);
-                    check_secret_name(&path, &effective.secret_name, &mut findings);
+                    check_secret_name(
+                        format_args!("the Secret name from template {}", cfg.secret_name_template),
+                        &effective.secret_name,
+                        &mut findings,
+                    );
                 }
                 if !effective.auto_rotate {
                     let path = match &effective.source {

@@ -122,7 +122,12 @@ impl SecretNameTemplate {
 
     /// The Secret name of an instance.
     pub fn render(&self, instance: &str) -> String {
-        format!("{}{instance}{}", self.prefix, self.suffix)
+        let mut name =
+            String::with_capacity(self.prefix.len() + instance.len() + self.suffix.len());
+        name.push_str(&self.prefix);
+        name.push_str(instance);
+        name.push_str(&self.suffix);
+        name
     }
 }
 

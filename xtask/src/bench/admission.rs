@@ -372,12 +372,16 @@ impl LoadRunner<'_> {
             serde_json::from_str(&text).with_context(|| format!("parsing {}", output.display()))?;
         let cpu = before.until(&after, report.cpu_secs);
         println!(
-            "    {:.0} requests/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, {} errors; \
+            "    {:.0} requests/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms{}, {} errors; \
              CPUs busy: server {:.2}, load generator {:.2}, others {:.2}",
             report.requests_per_sec,
             report.latency.p50_ms,
             report.latency.p99_ms,
             report.latency.p999_ms,
+            report
+                .lateness
+                .map(|late| format!(" (sent late by p99 {:.3} ms)", late.p99_ms))
+                .unwrap_or_default(),
             report.errors,
             cpu.server_cores,
             cpu.generator_cores,

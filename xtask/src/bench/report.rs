@@ -202,8 +202,16 @@ impl Outcome {
     fn render_runs(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "\n{:<30} {:>8} {:>8} {:>8} {:>9} {:>8} {:>6}  {:<18} CPU µs/req srv/load",
-            "run", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "CPUs srv/load/oth"
+            "\n{:<30} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  {:<18} CPU µs/req srv/load",
+            "run",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "late p99",
+            "errors",
+            "CPUs srv/load/oth"
         );
         for run in self.runs.all() {
             let (r, c) = (&run.report, &run.cpu);
@@ -212,9 +220,13 @@ impl Outcome {
                 "{:.2}/{:.2}/{:.2}",
                 c.server_cores, c.generator_cores, c.other_cores
             );
+            // How late the open loop sent its requests: the instrument's own error.
+            let late = r
+                .lateness
+                .map_or_else(|| "-".into(), |late| format!("{:.3}", late.p99_ms));
             let _ = writeln!(
                 out,
-                "{:<30} {:>8.0} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {:>6}  {cores:<18} {}/{}",
+                "{:<30} {:>8.0} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {late:>8} {:>6}  {cores:<18} {}/{}",
                 run.label,
                 r.requests_per_sec,
                 l.p50_ms,
@@ -356,6 +368,7 @@ mod tests {
                 p99_ms,
                 ..Latency::default()
             },
+            lateness: None,
             cpu_secs: 10.0,
         }
     }
@@ -382,7 +395,13 @@ mod tests {
                 ours_peak: Run::new("ours, closed loop", report(ours_rps, 2.0, errors), cpu),
                 ours_at_half_floor: Run::new(
                     "ours, open at 5000/s",
-                    report(5000.0, p99_ms, 0),
+                    LoadReport {
+                        lateness: Some(Latency {
+                            p99_ms: 0.042,
+                            ..Latency::default()
+                        }),
+                        ..report(5000.0, p99_ms, 0)
+                    },
                     cpu,
                 ),
                 floor_at_half_floor: Run::new("floor, open at 5000/s", report(5000.0, 0.3, 0), cpu),
@@ -415,6 +434,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("no errors"), "{text}");
+        let open = text
+            .lines()
+            .find(|l| l.starts_with("ours, open at 5000/s"))
+            .expect("open-loop row");
+        assert!(open.contains(" 0.042 "), "late p99 shown: {open}");
+        let closed = text
+            .lines()
+            .find(|l| l.starts_with("ours, closed loop"))
+            .expect("closed-loop row");
+        assert!(
+            closed.contains(" - "),
+            "no lateness in the closed loop: {closed}"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The AdmissionReview the load generator sends and the fixed answer of the floor server.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The request uid; the floor answers with it, and the preflight checks that both servers echo it.
 pub const REQUEST_UID: &str = "6f1c2d8e-3b4a-4e5f-9a7b-1c2d3e4f5a6b";
@@ -12,80 +12,15 @@ pub const FLOOR_RESPONSE: &str = concat!(
 );
 
 /// A validating AdmissionReview as kube-apiserver sends it for `kubectl apply` of a typical
-/// Bind9Instance (CREATE, primary, auto-rotated hmac-sha256 key).
+/// Bind9Instance (CREATE, primary, auto-rotated hmac-sha256 key, with kubectl's last-applied
+/// annotation and managedFields). The same file drives the in-process `cargo bench --bench
+/// admission`, so both measure the same request.
+pub const VALIDATING_REQUEST: &str =
+    include_str!("../../../benches/fixtures/validating-review.json");
+
+/// [`VALIDATING_REQUEST`] as JSON.
 pub fn validating_request() -> Value {
-    let object = json!({
-        "apiVersion": "bindy.firestoned.io/v1beta1",
-        "kind": "Bind9Instance",
-        "metadata": {
-            "name": "dns-primary-0",
-            "namespace": "dns",
-            "uid": "0b7c3f2e-9d41-4c55-8a63-5e0f1a2b3c4d",
-            "generation": 1,
-            "creationTimestamp": "2025-01-01T00:00:00Z",
-            "labels": {"app.kubernetes.io/name": "bind9", "app.kubernetes.io/instance": "dns"},
-            "annotations": {
-                "kubectl.kubernetes.io/last-applied-configuration": concat!(
-                    r#"{"apiVersion":"bindy.firestoned.io/v1beta1","kind":"Bind9Instance","#,
-                    r#""metadata":{"annotations":{},"name":"dns-primary-0","namespace":"dns"},"#,
-                    r#""spec":{"clusterRef":"","replicas":1,"rndcKey":{"algorithm":"hmac-sha256","#,
-                    r#""autoRotate":true,"rotateAfter":"720h"},"role":"primary","version":"9.18"}}"#,
-                    "\n"
-                )
-            },
-            "managedFields": [{
-                "manager": "kubectl-client-side-apply",
-                "operation": "Update",
-                "apiVersion": "bindy.firestoned.io/v1beta1",
-                "time": "2025-01-01T00:00:00Z",
-                "fieldsType": "FieldsV1",
-                "fieldsV1": {
-                    "f:metadata": {"f:annotations": {".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}}},
-                    "f:spec": {".": {}, "f:clusterRef": {}, "f:replicas": {}, "f:role": {}, "f:version": {},
-                               "f:rndcKey": {".": {}, "f:algorithm": {}, "f:autoRotate": {}, "f:rotateAfter": {}}}
-                }
-            }]
-        },
-        "spec": {
-            "clusterRef": "",
-            "role": "primary",
-            "replicas": 1,
-            "version": "9.18",
-            "rndcKey": {"autoRotate": true, "rotateAfter": "720h", "algorithm": "hmac-sha256"}
-        }
-    });
-    let gvk =
-        json!({"group": "bindy.firestoned.io", "version": "v1beta1", "kind": "Bind9Instance"});
-    let gvr =
-        json!({"group": "bindy.firestoned.io", "version": "v1beta1", "resource": "bind9instances"});
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": REQUEST_UID,
-            "kind": gvk,
-            "resource": gvr,
-            "requestKind": gvk,
-            "requestResource": gvr,
-            "name": "dns-primary-0",
-            "namespace": "dns",
-            "operation": "CREATE",
-            "userInfo": {
-                "username": "kubernetes-admin",
-                "uid": "aws-iam-authenticator:123456789012:AROAEXAMPLE",
-                "groups": ["system:masters", "system:authenticated"]
-            },
-            "object": object,
-            "oldObject": null,
-            "dryRun": false,
-            "options": {
-                "apiVersion": "meta.k8s.io/v1",
-                "kind": "CreateOptions",
-                "fieldManager": "kubectl-client-side-apply",
-                "fieldValidation": "Strict"
-            }
-        }
-    })
+    serde_json::from_str(VALIDATING_REQUEST).expect("the benchmark fixture is JSON")
 }
 
 /// Checks an answer the way kube-apiserver would: an AdmissionReview v1 that echoes our uid and
