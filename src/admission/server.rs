@@ -98,3 +98,54 @@ pub async fn serve_tls(
         tracing::warn!("open connections did not finish within the drain timeout");
     }
 }
+
+/// Runs [`serve_tls`] on an OS thread of its own with a single-threaded runtime, and resolves
+/// when it has finished. One core answers tens of thousands of reviews a second, far above what
+/// an apiserver sends; what the thread buys is isolation: the rotator's bursts and the watch
+/// caches' lists run on the other runtime and cannot delay an answer the apiserver is waiting
+/// for, and no request hops between worker threads. If the thread cannot start or dies, this
+/// future resolves too, so `serve` sees the component stop and exits.
+pub async fn serve_tls_on_own_thread(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    // A listener belongs to the runtime that registered it: hand it over as a std socket.
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "cannot hand the admission listener to its thread");
+            return;
+        }
+    };
+    let (finished, on_finished) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("admission".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the admission runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve_tls(listener, tls, router, limits, shutdown).await,
+                    Err(error) => tracing::error!(%error, "cannot register the admission listener"),
+                }
+            });
+            let _ = finished.send(());
+        });
+    if let Err(error) = thread {
+        tracing::error!(%error, "cannot start the admission thread");
+        return;
+    }
+    // Resolves when the thread sends, or drops the sender by ending in any other way.
+    let _ = on_finished.await;
+}
