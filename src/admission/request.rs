@@ -111,48 +111,62 @@ pub enum RequestObject<'a> {
 impl RequestObject<'_> {
     /// The object as a Bind9Instance, decoding it if it is still raw.
     pub fn instance(&self) -> Result<Cow<'_, Bind9Instance>, String> {
-        match self {
-            Self::Instance(instance) => Ok(Cow::Borrowed(instance)),
-            Self::Raw(raw) => decode_admitted(raw, "Bind9Instance").map(|(metadata, spec)| {
-                Cow::Owned(Bind9Instance {
-                    metadata,
-                    spec,
-                    status: None,
-                })
-            }),
-            _ => Err(self.mismatch("Bind9Instance")),
-        }
+        let decoded = if let Self::Instance(instance) = self {
+            Some(&**instance)
+        } else {
+            None
+        };
+        self.typed(decoded, "Bind9Instance", |metadata, spec| Bind9Instance {
+            metadata,
+            spec,
+            status: None,
+        })
     }
 
     /// The object as a Bind9Cluster, decoding it if it is still raw.
     pub fn cluster(&self) -> Result<Cow<'_, Bind9Cluster>, String> {
-        match self {
-            Self::Cluster(cluster) => Ok(Cow::Borrowed(cluster)),
-            Self::Raw(raw) => decode_admitted(raw, "Bind9Cluster").map(|(metadata, spec)| {
-                Cow::Owned(Bind9Cluster {
-                    metadata,
-                    spec,
-                    status: None,
-                })
-            }),
-            _ => Err(self.mismatch("Bind9Cluster")),
-        }
+        let decoded = if let Self::Cluster(cluster) = self {
+            Some(&**cluster)
+        } else {
+            None
+        };
+        self.typed(decoded, "Bind9Cluster", |metadata, spec| Bind9Cluster {
+            metadata,
+            spec,
+            status: None,
+        })
     }
 
     /// The object as a ClusterBind9Provider, decoding it if it is still raw.
     pub fn provider(&self) -> Result<Cow<'_, ClusterBind9Provider>, String> {
-        match self {
-            Self::Provider(provider) => Ok(Cow::Borrowed(provider)),
-            Self::Raw(raw) => {
-                decode_admitted(raw, "ClusterBind9Provider").map(|(metadata, spec)| {
-                    Cow::Owned(ClusterBind9Provider {
-                        metadata,
-                        spec,
-                        status: None,
-                    })
-                })
+        let decoded = if let Self::Provider(provider) = self {
+            Some(&**provider)
+        } else {
+            None
+        };
+        self.typed(decoded, "ClusterBind9Provider", |metadata, spec| {
+            ClusterBind9Provider {
+                metadata,
+                spec,
+                status: None,
             }
-            _ => Err(self.mismatch("ClusterBind9Provider")),
+        })
+    }
+
+    /// `decoded` when the object was decoded while the body was read, else the raw object
+    /// decoded now and put together by `build`.
+    fn typed<'s, T: Clone, S: DeserializeOwned>(
+        &'s self,
+        decoded: Option<&'s T>,
+        kind: &str,
+        build: impl FnOnce(ObjectMeta, S) -> T,
+    ) -> Result<Cow<'s, T>, String> {
+        match (decoded, self) {
+            (Some(object), _) => Ok(Cow::Borrowed(object)),
+            (None, Self::Raw(raw)) => {
+                decode_admitted(raw, kind).map(|(metadata, spec)| Cow::Owned(build(metadata, spec)))
+            }
+            (None, _) => Err(self.mismatch(kind)),
         }
     }
 
