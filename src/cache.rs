@@ -141,8 +141,12 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    // A consistent initial list (not `any_semantic`): the rotator plans from these objects too.
-    let stream = watcher(api, watcher::Config::default())
+    // The initial list is served from the apiserver's watch cache (`any_semantic`): a consistent
+    // list of a CRD installed moments before can wait on that cache for minutes, which kept
+    // `/readyz` false. A slightly stale start is harmless: the watch catches up at once, the
+    // rotator re-derives every decision on each pass, and its writes carry resourceVersion
+    // preconditions.
+    let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(shrink)
         .reflect(writer);
