@@ -76,6 +76,29 @@ where
     }
 }
 
+/// One reflector of `K` per watched namespace (one for all when `namespaces` is empty).
+fn watch_each<K>(
+    client: &Client,
+    namespaces: &[String],
+    changed: &Arc<Notify>,
+    strip: fn(&mut K),
+) -> Vec<Store<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    <K as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    apis(client, namespaces)
+        .into_iter()
+        .map(|api| spawn_reflector(api, watcher::Config::default(), changed.clone(), strip))
+        .collect()
+}
+
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -128,28 +151,10 @@ impl Caches {
             Some(shared) => (shared.instances, shared.clusters, shared.changed),
             None => {
                 let changed = Arc::new(Notify::new());
-                let instances = apis(client, namespaces)
-                    .into_iter()
-                    .map(|api| {
-                        spawn_reflector(
-                            api,
-                            watcher::Config::default(),
-                            changed.clone(),
-                            crate::cache::strip_instance,
-                        )
-                    })
-                    .collect();
-                let clusters = apis(client, namespaces)
-                    .into_iter()
-                    .map(|api| {
-                        spawn_reflector(
-                            api,
-                            watcher::Config::default(),
-                            changed.clone(),
-                            crate::cache::strip_cluster,
-                        )
-                    })
-                    .collect();
+                let instances =
+                    watch_each(client, namespaces, &changed, crate::cache::strip_instance);
+                let clusters =
+                    watch_each(client, namespaces, &changed, crate::cache::strip_cluster);
                 (instances, clusters, changed)
             }
         };
