@@ -134,10 +134,11 @@ fn log_decision(
 ) {
     // Field values are evaluated only when the event is enabled: no clock read otherwise.
     let latency_us = || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    // Names come from the client: cut to the longest the apiserver allows.
     let uid = request.uid.as_ref();
-    let kind = request.kind.kind.as_ref();
-    let namespace = request.namespace.as_deref().unwrap_or_default();
-    let name = request.name.as_ref();
+    let kind = clipped(&request.kind.kind);
+    let namespace = clipped(request.namespace.as_deref().unwrap_or_default());
+    let name = clipped(&request.name);
     let (operation, endpoint, decision) = (
         labels.operation,
         endpoint.as_str(),
@@ -172,6 +173,15 @@ fn log_decision(
             )
         }
     }
+}
+
+/// `text` cut to at most 253 bytes (the longest Kubernetes name) at a character boundary.
+fn clipped(text: &str) -> &str {
+    let mut end = text.len().min(253);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn invalid_labels(endpoint: Endpoint) -> AdmissionLabels {

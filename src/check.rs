@@ -22,7 +22,8 @@ use serde_json::{Value, json};
 use crate::api::{API_VERSION, Bind9Cluster, Bind9Instance, ClusterBind9Provider, GROUP};
 use crate::config::PolicyArgs;
 use crate::policy::{
-    self, Decision, EffectiveKeyConfig, PolicyConfig, SecretChange, apply_patch, is_rndc_key_secret,
+    self, Decision, EffectiveKeyConfig, PolicyConfig, SecretChange, apply_patch,
+    is_rndc_key_secret, shown,
 };
 
 /// Output format of `check`.
@@ -453,25 +454,29 @@ fn classify(doc: &Document) -> Result<Item<'_>, String> {
                 Err("Secret without the bindy.firestoned.io/rndc-key=true label".into())
             }
         }
-        (_, "Bind9Instance" | "Bind9Cluster" | "ClusterBind9Provider") if group == GROUP => {
-            Err(format!("{api_version} is not served; use {API_VERSION}"))
-        }
+        (_, "Bind9Instance" | "Bind9Cluster" | "ClusterBind9Provider") if group == GROUP => Err(
+            format!("{} is not served; use {API_VERSION}", clipped(api_version)),
+        ),
         _ => Err(format!(
-            "{kind} ({api_version}) is not checked by rndc-warden"
+            "{} ({}) is not checked by rndc-warden",
+            clipped(kind),
+            clipped(api_version)
         )),
     }
 }
 
-/// Parses a document into its type, naming the field that does not fit.
+/// A kind or apiVersion as the report names it: in full unless absurdly long.
+fn clipped(text: &str) -> String {
+    if text.chars().count() <= 63 {
+        text.to_owned()
+    } else {
+        shown(text)
+    }
+}
+
+/// Parses a document into its type, naming the field that does not fit (never its value).
 fn typed<T: DeserializeOwned>(doc: &Document) -> Result<T, String> {
-    serde_path_to_error::deserialize(&doc.value).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." || path.is_empty() {
-            e.inner().to_string()
-        } else {
-            format!("{path}: {}", e.inner())
-        }
-    })
+    crate::api::decode::from_value(&doc.value).map_err(|e| e.to_string())
 }
 
 type ClusterKey = (Option<String>, String);
@@ -514,18 +519,19 @@ fn evaluate(documents: &[Document], cfg: &PolicyConfig, now: DateTime<Utc>) -> R
                     let decision = policy::review_provider(&provider, cfg);
                     let stored = apply_patch(&provider, &decision.patch).unwrap_or(provider);
                     // The Bindy operator copies a provider into a namespaced Bind9Cluster.
-                    if let Some(namespace) =
-                        stored.spec.extra.get("namespace").and_then(Value::as_str)
+                    if let Some(namespace) = stored
+                        .spec
+                        .extra
+                        .get("namespace")
+                        .and_then(|raw| raw.decode::<String>())
                     {
                         let name = stored.metadata.name.clone().unwrap_or_default();
                         let spec = serde_json::to_value(&stored.spec)
                             .and_then(serde_json::from_value)
                             .unwrap_or_default();
                         let mut cluster = Bind9Cluster::new(&name, spec);
-                        cluster.metadata.namespace = Some(namespace.to_owned());
-                        clusters
-                            .entry((Some(namespace.to_owned()), name))
-                            .or_insert(cluster);
+                        cluster.metadata.namespace = Some(namespace.clone());
+                        clusters.entry((Some(namespace), name)).or_insert(cluster);
                     }
                     (doc, Ok(decision))
                 }
@@ -587,13 +593,22 @@ fn evaluate(documents: &[Document], cfg: &PolicyConfig, now: DateTime<Utc>) -> R
 fn object_report(doc: &Document, decision: Result<Decision, String>) -> ObjectReport {
     let origin = Origin::of(doc);
     match decision {
-        Ok(decision) => ObjectReport {
-            origin,
-            allowed: decision.allowed(),
-            patch: serde_json::to_value(&decision.patch).unwrap_or(Value::Null),
-            denials: decision.denials,
-            warnings: decision.warnings,
-        },
+        Ok(decision) => {
+            let mut denials = decision.denials.clone();
+            if decision.denials_left_out > 0 {
+                denials.push(format!(
+                    "… and {} more problems of the same object",
+                    decision.denials_left_out
+                ));
+            }
+            ObjectReport {
+                origin,
+                allowed: decision.allowed(),
+                patch: serde_json::to_value(&decision.patch).unwrap_or(Value::Null),
+                denials,
+                warnings: decision.warnings,
+            }
+        }
         Err(message) => ObjectReport {
             origin,
             allowed: false,
@@ -786,8 +801,8 @@ mod tests {
         assert_eq!(
             report.objects[0].denials,
             [
-                "spec.rndcKey.autoRotate: invalid type: string \"yes\", expected a boolean (the API \
-              server rejects this object)"
+                "spec.rndcKey.autoRotate: expected true or false, found a string (the API server \
+                 rejects this object)"
             ]
         );
     }

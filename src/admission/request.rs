@@ -9,17 +9,22 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::core::admission::Operation;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::api::decode::{self, DecodeError};
 use crate::api::{
     Bind9Cluster, Bind9ClusterSpec, Bind9Instance, Bind9InstanceSpec, ClusterBind9Provider,
     ClusterBind9ProviderSpec, GROUP,
 };
+use crate::policy::shown;
 
 /// The AdmissionReview version served.
 pub const V1: &str = "admission.k8s.io/v1";
@@ -170,13 +175,22 @@ impl RequestObject<'_> {
         }
     }
 
-    /// The object decoded whole as `T` (Secrets: every field of them matters).
-    pub fn decode<T: DeserializeOwned>(&self, kind: &str) -> Result<T, String> {
+    /// The object as a Secret: the fields the rules read, `managedFields` and other metadata
+    /// skipped unread, so their depth and size never matter.
+    pub fn secret(&self, what: &str) -> Result<Secret, String> {
         match self {
             Self::Raw(raw) => {
-                serde_json::from_str(raw.get()).map_err(|error| schema_error(kind, &error))
+                let secret = decode::from_json::<AdmittedSecret>(raw.get())
+                    .map_err(|error| schema_error(what, &error))?;
+                check_type(
+                    secret.api_version.as_deref(),
+                    secret.kind.as_deref(),
+                    "",
+                    "Secret",
+                )?;
+                Ok(secret.into_secret())
             }
-            _ => Err(self.mismatch(kind)),
+            _ => Err(self.mismatch(what)),
         }
     }
 
@@ -205,35 +219,143 @@ struct AdmittedMetadata {
 /// A Bindy object as admission decodes it: the cut-down metadata and the whole spec. The status
 /// is never read by a rule, so it is skipped too.
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct AdmittedObject<S> {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
     #[serde(default)]
     metadata: AdmittedMetadata,
     spec: S,
 }
 
 impl<S> AdmittedObject<S> {
-    fn into_parts(self) -> (ObjectMeta, S) {
+    /// The parts the policy reads, or why the object is not the `expected` kind it was sent as.
+    fn into_parts(self, expected: &str) -> Result<(ObjectMeta, S), String> {
+        check_type(
+            self.api_version.as_deref(),
+            self.kind.as_deref(),
+            GROUP,
+            expected,
+        )?;
         let AdmittedMetadata { name, namespace } = self.metadata;
         let metadata = ObjectMeta {
             name,
             namespace,
             ..ObjectMeta::default()
         };
-        (metadata, self.spec)
+        Ok((metadata, self.spec))
     }
+}
+
+/// An object states its own `apiVersion` and `kind`; they must be the ones the request names,
+/// or rules for one kind would be applied to another.
+fn check_type(
+    api_version: Option<&str>,
+    kind: Option<&str>,
+    group: &str,
+    expected: &str,
+) -> Result<(), String> {
+    fn group_of(api_version: &str) -> &str {
+        api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
+    let kind_differs = kind.is_some_and(|kind| kind != expected);
+    let group_differs = api_version.is_some_and(|v| group_of(v) != group);
+    if kind_differs || group_differs {
+        return Err(format!(
+            "request.kind is {expected} ({}), but the object is {} {}; the object must be of the \
+             kind the request names",
+            if group.is_empty() { "core/v1" } else { group },
+            shown(api_version.unwrap_or("(no apiVersion)")),
+            shown(kind.unwrap_or("(no kind)"))
+        ));
+    }
+    Ok(())
 }
 
 fn decode_admitted<S: DeserializeOwned>(
     object: &RawValue,
     kind: &str,
 ) -> Result<(ObjectMeta, S), String> {
-    serde_json::from_str::<AdmittedObject<S>>(object.get())
-        .map(AdmittedObject::into_parts)
-        .map_err(|error| schema_error(kind, &error))
+    decode::from_json::<AdmittedObject<S>>(object.get())
+        .map_err(|error| schema_error(kind, &error))?
+        .into_parts(kind)
 }
 
-fn schema_error(kind: &str, error: &serde_json::Error) -> String {
-    format!("the {kind} does not match the bindy.firestoned.io/v1beta1 schema: {error}")
+/// A decode error as a denial: the field path and what was expected, never the value.
+fn schema_error(kind: &str, error: &DecodeError) -> String {
+    let schema = if kind.contains("Secret") {
+        "core/v1 Secret"
+    } else {
+        "bindy.firestoned.io/v1beta1"
+    };
+    format!("the {kind} does not match the {schema} schema: {error}")
+}
+
+/// A Secret as admission decodes it: what the rules read. Unknown fields (among them
+/// `managedFields`) are skipped by the derived decoder without being built.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdmittedSecret {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: AdmittedSecretMetadata,
+    #[serde(default, rename = "type")]
+    type_: Option<String>,
+    #[serde(default)]
+    data: Option<BTreeMap<String, ByteString>>,
+    #[serde(default)]
+    string_data: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    immutable: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AdmittedSecretMetadata {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    generate_name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    owner_references: Option<Vec<OwnerReference>>,
+}
+
+impl AdmittedSecret {
+    fn into_secret(self) -> Secret {
+        let m = self.metadata;
+        Secret {
+            metadata: ObjectMeta {
+                name: m.name,
+                generate_name: m.generate_name,
+                namespace: m.namespace,
+                uid: m.uid,
+                resource_version: m.resource_version,
+                labels: m.labels,
+                annotations: m.annotations,
+                owner_references: m.owner_references,
+                ..ObjectMeta::default()
+            },
+            type_: self.type_,
+            data: self.data,
+            string_data: self.string_data,
+            immutable: self.immutable,
+        }
+    }
 }
 
 /// How objects are read while the request is parsed.
@@ -275,14 +397,19 @@ impl<'de> Visitor<'de> for ObjectSeed {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        /// A kind mismatch fails the fast path; the slow path then names it in a denial.
         fn typed<'de, S: Deserialize<'de>, D: Deserializer<'de>>(
             deserializer: D,
+            kind: &str,
         ) -> Result<(ObjectMeta, S), D::Error> {
-            AdmittedObject::<S>::deserialize(deserializer).map(AdmittedObject::into_parts)
+            AdmittedObject::<S>::deserialize(deserializer)?
+                .into_parts(kind)
+                .map_err(de::Error::custom)
         }
         let object = match (self.mode, self.kind) {
             (ObjectMode::Typed, Some(HandledKind::Instance)) => {
-                let (metadata, spec) = typed::<Bind9InstanceSpec, D>(deserializer)?;
+                let (metadata, spec) =
+                    typed::<Bind9InstanceSpec, D>(deserializer, "Bind9Instance")?;
                 RequestObject::Instance(Box::new(Bind9Instance {
                     metadata,
                     spec,
@@ -290,7 +417,7 @@ impl<'de> Visitor<'de> for ObjectSeed {
                 }))
             }
             (ObjectMode::Typed, Some(HandledKind::Cluster)) => {
-                let (metadata, spec) = typed::<Bind9ClusterSpec, D>(deserializer)?;
+                let (metadata, spec) = typed::<Bind9ClusterSpec, D>(deserializer, "Bind9Cluster")?;
                 RequestObject::Cluster(Box::new(Bind9Cluster {
                     metadata,
                     spec,
@@ -298,7 +425,8 @@ impl<'de> Visitor<'de> for ObjectSeed {
                 }))
             }
             (ObjectMode::Typed, Some(HandledKind::Provider)) => {
-                let (metadata, spec) = typed::<ClusterBind9ProviderSpec, D>(deserializer)?;
+                let (metadata, spec) =
+                    typed::<ClusterBind9ProviderSpec, D>(deserializer, "ClusterBind9Provider")?;
                 RequestObject::Provider(Box::new(ClusterBind9Provider {
                     metadata,
                     spec,
@@ -431,27 +559,220 @@ pub enum Malformed {
 
 /// Parses a request body into the admission request it carries, or says what is wrong with it.
 pub fn parse_body(body: &[u8]) -> Result<ReviewRequest<'_>, Malformed> {
+    if body.starts_with(&[0x1f, 0x8b]) {
+        return Err(Malformed::NotAReview(
+            "request body is gzip-compressed; send it uncompressed (no Content-Encoding): the \
+             apiserver sends plain JSON AdmissionReviews"
+                .to_owned(),
+        ));
+    }
+    if body.starts_with(b"\xEF\xBB\xBF") {
+        return Err(Malformed::NotAReview(
+            "request body starts with a UTF-8 byte order mark; send JSON without one".to_owned(),
+        ));
+    }
     // One UTF-8 check of the whole body is cheaper than one per string while parsing.
     let body = std::str::from_utf8(body).map_err(|error| {
         Malformed::NotAReview(format!(
-            "request body is not JSON (not UTF-8: {error}); send an admission.k8s.io/v1 AdmissionReview"
+            "request body is not JSON (not UTF-8 at byte {}); send an admission.k8s.io/v1 \
+             AdmissionReview",
+            error.valid_up_to()
         ))
     })?;
     if let Ok(request) = parse_v1::<true>(body) {
-        return Ok(request);
+        return checked_uid(request);
     }
     // The slow path: objects raw, so that a broken object is the reviewer's to deny by name.
-    let error = match parse_v1::<false>(body) {
-        Ok(request) => return Ok(request),
-        Err(error) => error,
+    let failed = match parse_v1::<false>(body) {
+        Ok(request) => return checked_uid(request),
+        Err(error) => error.is_some(),
     };
-    match serde_json::from_str::<Value>(body) {
-        Ok(raw) => Err(diagnose(&raw, error)),
+    if !body.trim_start().starts_with('{') && serde_json::from_str::<IgnoredAny>(body).is_ok() {
+        return Err(Malformed::NotAReview(
+            "request body is not a JSON object; send an admission.k8s.io/v1 AdmissionReview"
+                .to_owned(),
+        ));
+    }
+    // Only the envelope is read here: objects are skipped, never built into trees.
+    match serde_json::from_str::<ReviewOutline<'_>>(body) {
+        Ok(outline) => Err(diagnose(
+            &outline,
+            failed.then(|| decode::explain::<ReviewEnvelope<'_, false>>(body)),
+        )),
         Err(error) => Err(Malformed::NotAReview(format!(
-            "request body is not JSON ({error}); send an admission.k8s.io/v1 AdmissionReview"
+            "request body is not JSON ({}); send an admission.k8s.io/v1 AdmissionReview",
+            syntax_error(&error)
         ))),
     }
 }
+
+/// A request whose uid is longer than any the apiserver sends is not answered in kind: echoing
+/// it would let a client make every answer and log line as large as it likes.
+fn checked_uid(request: ReviewRequest<'_>) -> Result<ReviewRequest<'_>, Malformed> {
+    if request.uid.len() > MAX_UID_LEN {
+        return Err(Malformed::BadRequest {
+            api_version: V1.to_owned(),
+            uid: String::new(),
+            message: format!(
+                "request.uid is {} characters long; the apiserver sends 36-character UUIDs",
+                request.uid.len()
+            ),
+        });
+    }
+    Ok(request)
+}
+
+/// A JSON syntax error without the text around it: its kind and position.
+fn syntax_error(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match error.classify() {
+        Category::Eof => "it ends too early",
+        Category::Syntax => "invalid syntax",
+        Category::Data => "not an object",
+        Category::Io => "it could not be read",
+    };
+    format!("{what} at line {} column {}", error.line(), error.column())
+}
+
+/// The envelope of a body that did not parse as a v1 AdmissionReview, read leniently to say why:
+/// fields of the wrong type read as absent, the last of duplicate fields wins, and everything
+/// else (the objects among it) is skipped unread.
+#[derive(Default)]
+struct ReviewOutline<'a> {
+    api_version: Option<Cow<'a, str>>,
+    kind: Option<Cow<'a, str>>,
+    /// `Some` when `request` is an object; its uid when that is a string.
+    request: Option<Option<Cow<'a, str>>>,
+    /// `uid`, when this outline is of the request itself.
+    uid: Option<Cow<'a, str>>,
+}
+
+impl<'de> Deserialize<'de> for ReviewOutline<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(OutlineVisitor { request: false })
+    }
+}
+
+/// Reads the envelope (`request: false`) or the request in it (`request: true`, only `uid`).
+struct OutlineVisitor {
+    request: bool,
+}
+
+impl<'de> Visitor<'de> for OutlineVisitor {
+    type Value = ReviewOutline<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut outline = ReviewOutline::default();
+        while let Some(key) = map.next_key::<crate::api::raw::Key<'de>>()? {
+            match (self.request, key.0.as_ref()) {
+                (false, "apiVersion") => outline.api_version = map.next_value::<Lenient<'de>>()?.0,
+                (false, "kind") => outline.kind = map.next_value::<Lenient<'de>>()?.0,
+                (false, "request") => {
+                    outline.request = map.next_value::<LenientRequest<'de>>()?.0;
+                }
+                (true, "uid") => outline.uid = map.next_value::<Lenient<'de>>()?.0,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(outline)
+    }
+}
+
+/// A string, or `None` for a value of any other type (skipped unread).
+struct Lenient<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Lenient<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LenientVisitor;
+        impl<'de> Visitor<'de> for LenientVisitor {
+            type Value = Lenient<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("any value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+        }
+        deserializer.deserialize_any(LenientVisitor)
+    }
+}
+
+/// `request` of an outline: `Some(uid)` when it is an object, `None` otherwise.
+struct LenientRequest<'a>(Option<Option<Cow<'a, str>>>);
+
+impl<'de> Deserialize<'de> for LenientRequest<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RequestOutlineVisitor;
+        impl<'de> Visitor<'de> for RequestOutlineVisitor {
+            type Value = LenientRequest<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("any value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let outline = OutlineVisitor { request: true }.visit_map(map)?;
+                Ok(LenientRequest(Some(outline.uid)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LenientRequest(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(LenientRequest(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LenientRequest(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(LenientRequest(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LenientRequest(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(LenientRequest(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LenientRequest(None))
+            }
+        }
+        deserializer.deserialize_any(RequestOutlineVisitor)
+    }
+}
+
+/// The longest uid echoed (the apiserver's are 36-character UUIDs).
+const MAX_UID_LEN: usize = 128;
 
 /// A v1 AdmissionReview with a request, or why the body is not one (`None`: it parsed, but is
 /// not a v1 review with a request).
@@ -468,44 +789,40 @@ fn parse_v1<const MODE_TYPED: bool>(
 }
 
 /// Says what is wrong with a JSON body that is not a usable v1 AdmissionReview; `error` is why
-/// parsing it as one failed, if it did.
-fn diagnose(raw: &Value, error: Option<serde_json::Error>) -> Malformed {
-    let field = |value: &Value, key: &str| {
-        value
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    if !raw.is_object() {
-        return Malformed::NotAReview(
-            "request body is not a JSON object; send an admission.k8s.io/v1 AdmissionReview"
-                .to_owned(),
-        );
-    }
-    let kind = field(raw, "kind");
+/// parsing it as one failed, if it did. Nothing of the body is echoed beyond short, known values.
+fn diagnose(outline: &ReviewOutline<'_>, error: Option<DecodeError>) -> Malformed {
+    let kind = outline.kind.as_deref().unwrap_or_default();
     if kind != "AdmissionReview" {
         return Malformed::NotAReview(format!(
-            "request body has kind {kind:?}, expected \"AdmissionReview\" (admission.k8s.io/v1)"
+            "request body has kind {}, expected \"AdmissionReview\" (admission.k8s.io/v1)",
+            shown(kind)
         ));
     }
-    let api_version = field(raw, "apiVersion");
-    let Some(request) = raw.get("request").filter(|request| !request.is_null()) else {
+    let Some(uid) = &outline.request else {
         return Malformed::NotAReview(
             "AdmissionReview has no request; the apiserver always sends one".to_owned(),
         );
     };
-    let uid = field(request, "uid");
+    let uid = uid
+        .as_deref()
+        .filter(|uid| uid.len() <= MAX_UID_LEN)
+        .unwrap_or_default()
+        .to_owned();
+    let api_version = outline.api_version.as_deref().unwrap_or_default();
     if api_version != V1 {
+        // Answered in the version asked for only when it is one the apiserver knows.
+        let answered = if api_version == "admission.k8s.io/v1beta1" {
+            api_version
+        } else {
+            V1
+        };
         return Malformed::BadRequest {
-            api_version: if api_version.is_empty() {
-                V1.to_owned()
-            } else {
-                api_version.clone()
-            },
+            api_version: answered.to_owned(),
             uid,
             message: format!(
-                "AdmissionReview apiVersion {api_version:?} is not supported; set admissionReviewVersions: [\"v1\"] in the webhook configuration"
+                "AdmissionReview apiVersion {} is not supported; set admissionReviewVersions: \
+                 [\"v1\"] in the webhook configuration",
+                shown(api_version)
             ),
         };
     }
@@ -514,7 +831,7 @@ fn diagnose(raw: &Value, error: Option<serde_json::Error>) -> Malformed {
         |error| error.to_string(),
     );
     Malformed::BadRequest {
-        api_version,
+        api_version: V1.to_owned(),
         uid,
         message: format!("AdmissionReview request is malformed: {reason}"),
     }
@@ -523,7 +840,7 @@ fn diagnose(raw: &Value, error: Option<serde_json::Error>) -> Malformed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn review(request: Value) -> Vec<u8> {
         serde_json::to_vec(
@@ -619,13 +936,13 @@ mod tests {
             panic!("accepted a duplicate uid");
         };
         assert_eq!(uid, "b");
-        assert!(message.contains("duplicate field `uid`"), "{message}");
+        assert!(message.contains("field uid appears twice"), "{message}");
 
         let missing = review(json!({"uid": "u-4", "kind": {"kind": "Secret"}}));
         let Err(Malformed::BadRequest { message, .. }) = parse_body(&missing) else {
             panic!("accepted a request without an operation");
         };
-        assert!(message.contains("missing field `operation`"), "{message}");
+        assert!(message.contains("missing field operation"), "{message}");
     }
 
     #[test]

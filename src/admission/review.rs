@@ -14,7 +14,9 @@ use super::request::{HandledKind, RequestObject, ReviewRequest};
 use crate::api::{Bind9Cluster, Bind9ClusterSpec, Bind9Instance, ClusterBind9Provider, GROUP};
 use crate::cache::{ClusterCache, ClusterRefTarget, Lookup};
 use crate::metrics::Endpoint;
-use crate::policy::{self, EffectiveKeyConfig, Mutation, PolicyConfig, SecretChange, Validation};
+use crate::policy::{
+    self, EffectiveKeyConfig, Mutation, PolicyConfig, SecretChange, Validation, shown,
+};
 
 /// What to answer one admission request with.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,10 +37,11 @@ impl AdmissionVerdict {
         }
     }
 
+    /// Warnings are held to the same limits on both endpoints.
     fn from_mutation(mutation: Mutation) -> Self {
         Self {
             denial: None,
-            warnings: mutation.warnings,
+            warnings: policy::limit_warnings(mutation.warnings),
             patch: (!mutation.patch.0.is_empty()).then_some(mutation.patch),
         }
     }
@@ -93,9 +96,9 @@ impl AdmissionPolicy {
             return AdmissionVerdict::deny(format!(
                 "rndc-warden does not handle {}/{} {}; limit the webhook rules to Bind9Instance, \
                  Bind9Cluster, ClusterBind9Provider (bindy.firestoned.io) and Secrets",
-                display_group(&request.kind.group),
-                request.kind.version,
-                request.kind.kind
+                shown(display_group(&request.kind.group)),
+                shown(&request.kind.version),
+                shown(&request.kind.kind)
             ));
         };
         if !matches!(request.operation, Operation::Create | Operation::Update) {
@@ -217,14 +220,14 @@ impl AdmissionPolicy {
         object: &RequestObject<'_>,
         namespace: &str,
     ) -> AdmissionVerdict {
-        let new = match object.decode::<Secret>("Secret") {
+        let new = match object.secret("Secret") {
             Ok(secret) => secret,
             Err(message) => return AdmissionVerdict::deny(message),
         };
         let old = match request
             .old_object
             .as_ref()
-            .map(|old| old.decode::<Secret>("stored Secret"))
+            .map(|old| old.secret("stored Secret"))
         {
             Some(Ok(old)) => Some(old),
             Some(Err(message)) => return AdmissionVerdict::deny(message),

@@ -2,16 +2,17 @@
 
 use kube::CustomResource;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::instance::Bind9Config;
+use super::raw::deserialize_keeping_extra;
 use super::rndc_key::{Extra, RndcKeyConfig, RndcSecretRef};
 use super::status::PreservedStatus;
 
 /// Specification of a `Bind9Cluster`; only the RNDC-related fields are modelled.
 // kube's derive takes repeated `shortname`/`printcolumn` arguments by design.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Clone, Default, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Default, Debug, PartialEq, Serialize, JsonSchema)]
 #[kube(
     group = "bindy.firestoned.io",
     version = "v1beta1",
@@ -65,7 +66,7 @@ pub struct Bind9ClusterSpec {
 /// namespace its cluster is created in.
 // kube's derive takes repeated `shortname`/`printcolumn` arguments by design.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Clone, Default, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Default, Debug, PartialEq, Serialize, JsonSchema)]
 #[kube(
     group = "bindy.firestoned.io",
     version = "v1beta1",
@@ -99,7 +100,7 @@ pub struct ClusterBind9ProviderSpec {
 }
 
 /// Settings of one role (`spec.primary` or `spec.secondary`).
-#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct RoleSpec {
@@ -155,3 +156,25 @@ impl ClusterBind9ProviderSpec {
         }
     }
 }
+
+deserialize_keeping_extra!(Bind9ClusterSpec, "a Bind9Cluster spec",
+optional {
+    primary => "primary",
+    secondary => "secondary",
+    global => "global",
+    rndc_secret_refs => "rndcSecretRefs",
+});
+
+deserialize_keeping_extra!(ClusterBind9ProviderSpec, "a ClusterBind9Provider spec",
+optional {
+    primary => "primary",
+    secondary => "secondary",
+    global => "global",
+    rndc_secret_refs => "rndcSecretRefs",
+});
+
+deserialize_keeping_extra!(RoleSpec, "a role block (spec.primary or spec.secondary)",
+optional {
+    rndc_key => "rndcKey",
+    rndc_secret_ref => "rndcSecretRef",
+});

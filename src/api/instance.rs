@@ -2,8 +2,9 @@
 
 use kube::CustomResource;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::raw::deserialize_keeping_extra;
 use super::rndc_key::{Extra, RndcKeyConfig, RndcSecretRef};
 use super::status::Bind9InstanceStatus;
 
@@ -11,7 +12,7 @@ use super::status::Bind9InstanceStatus;
 /// field is kept verbatim.
 // kube's derive takes repeated `shortname`/`printcolumn` arguments by design.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Clone, Default, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Default, Debug, PartialEq, Serialize, JsonSchema)]
 #[kube(
     group = "bindy.firestoned.io",
     version = "v1beta1",
@@ -64,7 +65,7 @@ pub struct Bind9InstanceSpec {
 }
 
 /// A BIND9 configuration block (`spec.config` of an instance, `spec.global` of a cluster).
-#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct Bind9Config {
@@ -76,3 +77,15 @@ pub struct Bind9Config {
     #[schemars(skip)]
     pub extra: Extra,
 }
+
+deserialize_keeping_extra!(Bind9InstanceSpec, "a Bind9Instance spec",
+optional {
+    cluster_ref => "clusterRef",
+    role => "role",
+    rndc_key => "rndcKey",
+    rndc_secret_ref => "rndcSecretRef",
+    config => "config",
+});
+
+deserialize_keeping_extra!(Bind9Config, "a BIND9 configuration block",
+    optional { rndc_secret_ref => "rndcSecretRef" });

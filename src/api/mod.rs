@@ -1,12 +1,15 @@
 //! The Bindy API objects rndc-warden reads and writes (`bindy.firestoned.io/v1beta1`).
 //!
-//! Only the RNDC-related fields are modelled; every other field is kept verbatim (`extra`), so
-//! full upstream objects round-trip unchanged. The generated CRDs mark those objects with
+//! Only the RNDC-related fields are modelled; every other field is kept verbatim as JSON text
+//! (`extra`, see [`raw`]), never parsed into a tree, so full upstream objects round-trip unchanged
+//! and the depth of a field rndc-warden does not read never matters. The generated CRDs mark those objects with
 //! `x-kubernetes-preserve-unknown-fields` and carry no `default:` on fields the webhook defaults.
 
 mod cluster;
+pub mod decode;
 mod instance;
 mod keys;
+pub mod raw;
 mod rndc_key;
 mod status;
 
@@ -14,8 +17,10 @@ pub use cluster::{
     Bind9Cluster, Bind9ClusterSpec, ClusterBind9Provider, ClusterBind9ProviderSpec, RoleBlocks,
     RoleSpec,
 };
+pub use decode::DecodeError;
 pub use instance::{Bind9Config, Bind9Instance, Bind9InstanceSpec};
 pub use keys::*;
+pub use raw::{MAX_MAP_ENTRIES, RawJson};
 pub use rndc_key::{Extra, InlineSecret, InlineSecretMetadata, RndcKeyConfig, RndcSecretRef};
 pub use status::{Bind9InstanceStatus, Condition, PreservedStatus, RndcKeyRotationStatus};
 

@@ -5,16 +5,17 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
-/// Fields this version does not model, kept verbatim so that objects round-trip unchanged.
-pub type Extra = BTreeMap<String, serde_json::Value>;
+pub use super::raw::Extra;
+use super::raw::{BoundedStrings, Key, deserialize_keeping_extra, set_once};
 
 /// RNDC key configuration of an instance or of a cluster role.
 ///
 /// Exactly one mode applies: `secretRef` (a Secret the user manages), inline `secret` (a Secret
 /// rndc-warden creates from this specification) or neither (a generated Secret).
-#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RndcKeyConfig {
     /// Rotate the key automatically every `rotateAfter`. Ignored with `secretRef`.
@@ -42,7 +43,7 @@ pub struct RndcKeyConfig {
 
 /// A reference to a key Secret in the same namespace (`rndcKey.secretRef`, and the deprecated
 /// `rndcSecretRef`).
-#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RndcSecretRef {
     /// Name of the Secret.
@@ -69,7 +70,7 @@ pub struct RndcSecretRef {
 /// An inline Secret specification (`rndcKey.secret`).
 ///
 /// `Debug` lists data keys only: values may hold key material.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InlineSecret {
     /// Name, labels and annotations of the Secret to create.
@@ -87,6 +88,12 @@ pub struct InlineSecret {
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: Extra,
+    /// Entries of `data` and `stringData` beyond the first
+    /// [`MAX_MAP_ENTRIES`](super::raw::MAX_MAP_ENTRIES) of each, skipped unread (the policy denies
+    /// such a block).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub left_out_entries: usize,
 }
 
 impl fmt::Debug for InlineSecret {
@@ -99,12 +106,85 @@ impl fmt::Debug for InlineSecret {
             .field("type_", &self.type_)
             .field("data_keys", &keys(&self.data))
             .field("string_data_keys", &keys(&self.string_data))
+            .field("left_out_entries", &self.left_out_entries)
             .finish_non_exhaustive()
     }
 }
 
+impl<'de> Deserialize<'de> for InlineSecret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InlineVisitor;
+        impl<'de> Visitor<'de> for InlineVisitor {
+            type Value = InlineSecret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an inline Secret (metadata, type, data, stringData)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut metadata, mut type_) = (None, None::<Option<String>>);
+                let (mut data, mut string_data) = (
+                    None::<Option<BoundedStrings>>,
+                    None::<Option<BoundedStrings>>,
+                );
+                let mut extra = Extra::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    match key.as_ref() {
+                        "metadata" => set_once(&mut metadata, &mut map, "metadata")?,
+                        "type" => set_once(&mut type_, &mut map, "type")?,
+                        "data" => set_once(&mut data, &mut map, "data")?,
+                        "stringData" => set_once(&mut string_data, &mut map, "stringData")?,
+                        _ => {
+                            extra.insert(key.into_owned(), map.next_value()?);
+                        }
+                    }
+                }
+                let split = |map: Option<Option<BoundedStrings>>| match map.flatten() {
+                    Some(BoundedStrings(kept, skipped)) => (Some(kept), skipped),
+                    None => (None, 0),
+                };
+                let (data, data_skipped) = split(data);
+                let (string_data, string_skipped) = split(string_data);
+                Ok(InlineSecret {
+                    metadata: metadata
+                        .ok_or_else(|| serde::de::Error::missing_field("metadata"))?,
+                    type_: type_.flatten(),
+                    data,
+                    string_data,
+                    extra,
+                    left_out_entries: data_skipped + string_skipped,
+                })
+            }
+        }
+        deserializer.deserialize_map(InlineVisitor)
+    }
+}
+
+deserialize_keeping_extra!(RndcKeyConfig, "an rndcKey block (autoRotate, rotateAfter, algorithm, secretRef, secret)",
+optional {
+    auto_rotate => "autoRotate",
+    rotate_after => "rotateAfter",
+    algorithm => "algorithm",
+    secret_ref => "secretRef",
+    secret => "secret",
+});
+
+deserialize_keeping_extra!(RndcSecretRef, "a Secret reference (name, algorithm, keyNameKey, algorithmKey, secretKey)",
+    optional {
+        algorithm => "algorithm",
+        key_name_key => "keyNameKey",
+        algorithm_key => "algorithmKey",
+        secret_key => "secretKey",
+    },
+    required { name => "name" });
+
+deserialize_keeping_extra!(InlineSecretMetadata, "Secret metadata (name, labels, annotations)",
+    optional {
+        labels => "labels",
+        annotations => "annotations",
+    },
+    required { name => "name" });
+
 /// Metadata of an inline Secret.
-#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InlineSecretMetadata {
     /// Secret name (a DNS-1123 subdomain).

@@ -3,10 +3,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::raw::deserialize_keeping_extra;
 use super::rndc_key::Extra;
 
 /// Status of a `Bind9Instance`.
-#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct Bind9InstanceStatus {
@@ -72,7 +73,7 @@ pub struct Condition {
 
 /// Status of a `Bind9Cluster` or `ClusterBind9Provider`: written by the Bindy operator only, kept
 /// verbatim.
-#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, Debug, PartialEq, Serialize, JsonSchema)]
 #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct PreservedStatus {
     /// Every status field, unmodelled.
@@ -80,3 +81,17 @@ pub struct PreservedStatus {
     #[schemars(skip)]
     pub fields: Extra,
 }
+
+impl<'de> Deserialize<'de> for PreservedStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Extra::deserialize(deserializer).map(|fields| Self { fields })
+    }
+}
+
+deserialize_keeping_extra!(Bind9InstanceStatus, "a Bind9Instance status",
+optional {
+    rndc_key_rotation_status => "rndcKeyRotationStatus",
+    rndc_key_rotation => "rndcKeyRotation",
+    rndc_secret_version => "rndcSecretVersion",
+    conditions => "conditions",
+});

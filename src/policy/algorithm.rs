@@ -100,7 +100,7 @@ impl fmt::Display for Algorithm {
 /// An algorithm name that is not one of the six HMAC algorithms.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{0:?} is not an HMAC algorithm; use one of hmac-sha256, hmac-sha384, hmac-sha512, \
+    "{0} is not an HMAC algorithm; use one of hmac-sha256, hmac-sha384, hmac-sha512, \
      hmac-sha224, hmac-sha1, hmac-md5"
 )]
 pub struct UnknownAlgorithm(pub String);
@@ -109,7 +109,7 @@ impl FromStr for Algorithm {
     type Err = UnknownAlgorithm;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s).ok_or_else(|| UnknownAlgorithm(super::duration::shorten(s)))
+        Self::parse(s).ok_or_else(|| UnknownAlgorithm(super::shown::shown(s)))
     }
 }
 

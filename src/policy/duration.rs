@@ -61,7 +61,7 @@ impl RotateAfter {
     /// Parses and range-checks a `rotateAfter` value.
     pub fn parse(input: &str) -> Result<Self, DurationError> {
         let err = |kind| DurationError {
-            input: shorten(input),
+            input: super::shown::shown(input),
             kind,
         };
         if input.is_empty() {
@@ -147,7 +147,8 @@ pub enum DurationErrorKind {
     TooLong,
 }
 
-/// A rejected `rotateAfter` value; the message quotes it and shows a valid example.
+/// A rejected `rotateAfter` value; the message quotes it (when short, see `shown`) and shows a
+/// valid example.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.describe())]
 pub struct DurationError {
@@ -163,18 +164,7 @@ impl DurationError {
             DurationErrorKind::TooShort => "is shorter than the minimum of 1h",
             DurationErrorKind::TooLong => "is longer than the maximum of 8760h (365 days)",
         };
-        format!("{:?} {what}; {DURATION_HINT}", self.input)
-    }
-}
-
-/// Keeps quoted user input short in messages.
-pub(crate) fn shorten(input: &str) -> String {
-    const MAX: usize = 40;
-    if input.chars().count() <= MAX {
-        input.to_owned()
-    } else {
-        let head: String = input.chars().take(MAX).collect();
-        format!("{head}…")
+        format!("{} {what}; {DURATION_HINT}", self.input)
     }
 }
 

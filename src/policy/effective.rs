@@ -149,8 +149,8 @@ pub enum EffectiveConfigError {
     },
     /// The instance names a cluster that is not known.
     #[error(
-        "spec.clusterRef: Bind9Cluster {0:?} is not known, so its role-level rndcKey cannot be \
-         resolved"
+        "spec.clusterRef: Bind9Cluster {} is not known, so its role-level rndcKey cannot be \
+         resolved", super::shown::shown(.0)
     )]
     UnknownCluster(String),
     /// The instance has no usable role but its cluster needs one.
@@ -228,7 +228,7 @@ fn algorithm_or_default(
         None => Ok(cfg.default_algorithm),
         Some(name) => Algorithm::parse(name).ok_or_else(|| EffectiveConfigError::Invalid {
             path: path.to_string(),
-            message: format!("{name:?} is not a supported algorithm"),
+            message: format!("{} is not a supported algorithm", super::shown::shown(name)),
         }),
     }
 }

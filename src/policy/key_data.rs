@@ -7,30 +7,46 @@ use std::fmt;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::algorithm::{Algorithm, Strength};
-use super::duration::shorten;
 use super::names::data_path;
 use super::rndc_key::{KeyMaterial, parse_rndc_key};
 use super::settings::PolicyConfig;
+use super::shown::shown;
 use crate::api::{
     DATA_ALGORITHM, DATA_KEY_NAME, DATA_RNDC_KEY, DATA_SECRET, DEFAULT_KEY_NAME, InlineSecret,
 };
 
-/// Denials and warnings collected by a check.
+/// Denials and warnings collected by a check. Denial text is kept up to
+/// [`MAX_MESSAGE_BYTES`](super::shown::MAX_MESSAGE_BYTES) and warnings up to
+/// [`MAX_WARNINGS_BYTES`](super::review::MAX_WARNINGS_BYTES); beyond that findings are only
+/// counted, so one object with a million problems costs no more memory than one with a hundred.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Findings {
     /// Reasons to deny.
     pub denials: Vec<String>,
+    /// Denials found but not kept (over the size cap).
+    pub denials_left_out: usize,
     /// Warnings for the user.
     pub warnings: Vec<String>,
+    denial_bytes: usize,
+    warning_bytes: usize,
 }
 
 impl Findings {
     pub(crate) fn deny(&mut self, message: String) {
-        self.denials.push(message);
+        if self.denial_bytes + message.len() > super::shown::MAX_MESSAGE_BYTES {
+            self.denials_left_out += 1;
+        } else {
+            self.denial_bytes += message.len();
+            self.denials.push(message);
+        }
     }
 
     pub(crate) fn warn(&mut self, message: String) {
-        self.warnings.push(message);
+        // Twice the response cap: `limit_warnings` cuts them to size and counts what it drops.
+        if self.warning_bytes <= 2 * super::review::MAX_WARNINGS_BYTES {
+            self.warning_bytes += message.len();
+            self.warnings.push(message);
+        }
     }
 }
 
@@ -169,17 +185,29 @@ pub(crate) fn weak_algorithm_warning(path: &str) -> String {
     format!("{path}: hmac-sha224 is weaker than hmac-sha256; prefer hmac-sha256 or stronger")
 }
 
-/// Checks an algorithm name wherever it appears; returns it when it parses.
+/// Checks an algorithm name of a spec field; returns it when it parses.
 pub(crate) fn check_algorithm_name(
     path: impl fmt::Display,
     name: &str,
     cfg: &PolicyConfig,
     findings: &mut Findings,
 ) -> Option<Algorithm> {
+    check_algorithm(path, name, Some(shown(name)), cfg, findings)
+}
+
+/// Checks an algorithm name; `quoted` is how the message shows the value (`None`: not at all,
+/// for values read from Secret data, which may be key material under a renamed data key).
+fn check_algorithm(
+    path: impl fmt::Display,
+    name: &str,
+    quoted: Option<String>,
+    cfg: &PolicyConfig,
+    findings: &mut Findings,
+) -> Option<Algorithm> {
     let Some(algorithm) = Algorithm::parse(name) else {
+        let value = quoted.map(|q| format!("{q} ")).unwrap_or_default();
         findings.deny(format!(
-            "{path}: {:?} is not a supported algorithm; use {}",
-            shorten(name),
+            "{path}: {value}is not a supported algorithm; use {}",
             cfg.allowed_algorithms_hint()
         ));
         return None;
@@ -242,7 +270,7 @@ pub(crate) fn check_key_values(
 
     let data_algorithm = algorithm_value.and_then(|value| {
         let name = text(value, findings, "the algorithm name")?.trim();
-        check_algorithm_name(&value.path, name, cfg, findings).map(|a| (a, value.path.as_str()))
+        check_algorithm(&value.path, name, None, cfg, findings).map(|a| (a, value.path.as_str()))
     });
     let data_secret = secret_value.and_then(|value| {
         let encoded = text(value, findings, "the base64 key")?;
@@ -279,10 +307,8 @@ pub(crate) fn check_key_values(
             && *name != key.name
         {
             findings.deny(format!(
-                "{}: {:?} disagrees with the key name {:?} in {rndc_path}; make them the same",
+                "{}: disagrees with the key name in {rndc_path}; make them the same",
                 value.path,
-                shorten(name),
-                shorten(&key.name)
             ));
         }
     }
@@ -337,9 +363,8 @@ pub(crate) fn check_key_values(
             .map(|(_, p)| *p)
             .or(data_name.map(|(_, v)| v.path.as_str()));
         findings.warn(format!(
-            "{}: key name {:?} is not \"{DEFAULT_KEY_NAME}\", the name Bindy's named.conf expects",
+            "{}: the key name is not \"{DEFAULT_KEY_NAME}\", the name Bindy's named.conf expects",
             path.unwrap_or(rules.prefix),
-            shorten(name)
         ));
     }
 
@@ -460,8 +485,8 @@ mod tests {
                  make them the same",
                 "data.secret: differs from the secret in data[\"rndc.key\"]; store the same key \
                  in both",
-                "data[\"key-name\"]: \"other\" disagrees with the key name \"bindy-operator\" in \
-                 data[\"rndc.key\"]; make them the same",
+                "data[\"key-name\"]: disagrees with the key name in data[\"rndc.key\"]; make them \
+                 the same",
             ]
         );
     }
@@ -538,7 +563,7 @@ mod tests {
         assert_eq!(
             check(&secret).denials,
             [
-                "stringData.algorithm: \"sha256\" is not a supported algorithm; use hmac-sha512, \
+                "stringData.algorithm: is not a supported algorithm; use hmac-sha512, \
               hmac-sha384 or hmac-sha256"
             ]
         );
@@ -566,8 +591,8 @@ mod tests {
                  or stronger",
                 "data.algorithm: hmac-sha224 is weaker than hmac-sha256; prefer hmac-sha256 or \
                  stronger",
-                "data[\"rndc.key\"]: key name \"rndc-key\" is not \"bindy-operator\", the name \
-                 Bindy's named.conf expects",
+                "data[\"rndc.key\"]: the key name is not \"bindy-operator\", the name Bindy's \
+                 named.conf expects",
             ]
         );
     }

@@ -17,6 +17,7 @@ mod review;
 mod rndc_key;
 mod schedule;
 mod settings;
+mod shown;
 mod stamp;
 
 pub use algorithm::{Algorithm, Strength, UnknownAlgorithm};
@@ -47,6 +48,7 @@ pub use settings::{
     ConfigError, DEFAULT_ROTATOR_USERNAME, DEFAULT_SECRET_NAME_TEMPLATE, PolicyConfig,
     SecretNameTemplate,
 };
+pub use shown::{MAX_MESSAGE_BYTES, MAX_QUOTED_CHARS, Shown, join_denials, looks_like_key, shown};
 pub use stamp::{
     MAX_CLOCK_SKEW, SecretChange, is_rndc_key_secret, mutate_secret, review_secret, validate_secret,
 };

@@ -16,8 +16,12 @@ pub fn is_dns_subdomain(name: &str) -> bool {
 }
 
 /// `prefix.key` for plain keys, `prefix["key"]` for keys such as `rndc.key` or `key-name`.
+/// A key that is long or looks like key material is shown by its length only (see `shown`).
 pub fn data_path(prefix: &str, key: &str) -> String {
-    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    let shown = super::shown::shown_key(key);
+    if shown != key {
+        format!("{prefix}[{shown}]")
+    } else if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         format!("{prefix}.{key}")
     } else {
         format!("{prefix}[{key:?}]")

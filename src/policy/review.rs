@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::algorithm::Algorithm;
-use super::duration::{RotateAfter, shorten};
+use super::duration::RotateAfter;
 use super::effective::{
     ConfigSource, EffectiveConfigError, Management, Role, effective_config, winning_block,
 };
@@ -20,10 +20,11 @@ use super::key_data::{
 };
 use super::names::is_dns_subdomain;
 use super::settings::PolicyConfig;
+use super::shown::{join_denials, shown, shown_key};
 use crate::api::{
     ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT, ANNOTATION_ROTATION_COUNT, Bind9Cluster,
-    Bind9Instance, ClusterBind9Provider, DATA_RNDC_KEY, DATA_SECRET, Extra, RndcKeyConfig,
-    RndcSecretRef, RoleBlocks,
+    Bind9Instance, ClusterBind9Provider, DATA_RNDC_KEY, DATA_SECRET, Extra, MAX_MAP_ENTRIES,
+    RndcKeyConfig, RndcSecretRef, RoleBlocks,
 };
 
 /// At most this many bytes of warnings per response (the API server's limit).
@@ -45,6 +46,8 @@ pub struct Mutation {
 pub struct Validation {
     /// Reasons to deny; empty means allowed.
     pub denials: Vec<String>,
+    /// Denials found but left out of `denials` to keep the answer small.
+    pub denials_left_out: usize,
     /// Warnings for the user.
     pub warnings: Vec<String>,
 }
@@ -52,12 +55,13 @@ pub struct Validation {
 impl Validation {
     /// Whether the object is allowed.
     pub fn allowed(&self) -> bool {
-        self.denials.is_empty()
+        self.denials.is_empty() && self.denials_left_out == 0
     }
 
-    /// All denials in one message (for `AdmissionResponse::deny`).
+    /// All denials in one message of at most [`MAX_MESSAGE_BYTES`](super::MAX_MESSAGE_BYTES)
+    /// (for the admission answer).
     pub fn denial_message(&self) -> Option<String> {
-        (!self.denials.is_empty()).then(|| self.denials.join("; "))
+        (!self.allowed()).then(|| join_denials(&self.denials, self.denials_left_out))
     }
 }
 
@@ -65,6 +69,7 @@ impl From<Findings> for Validation {
     fn from(findings: Findings) -> Self {
         Self {
             denials: findings.denials,
+            denials_left_out: findings.denials_left_out,
             warnings: limit_warnings(findings.warnings),
         }
     }
@@ -75,6 +80,8 @@ impl From<Findings> for Validation {
 pub struct Decision {
     /// Reasons to deny; empty means allowed.
     pub denials: Vec<String>,
+    /// Denials found but left out of `denials` to keep the answer small.
+    pub denials_left_out: usize,
     /// Warnings from both webhooks, within the API server's limits.
     pub warnings: Vec<String>,
     /// The mutating webhook's patch.
@@ -88,6 +95,7 @@ impl Decision {
         warnings.extend(validation.warnings);
         Self {
             denials: validation.denials,
+            denials_left_out: validation.denials_left_out,
             warnings: limit_warnings(warnings),
             patch: mutation.patch,
         }
@@ -95,12 +103,12 @@ impl Decision {
 
     /// Whether the object is allowed.
     pub fn allowed(&self) -> bool {
-        self.denials.is_empty()
+        self.denials.is_empty() && self.denials_left_out == 0
     }
 
-    /// All denials in one message (for `AdmissionResponse::deny`).
+    /// All denials in one message of at most [`MAX_MESSAGE_BYTES`](super::MAX_MESSAGE_BYTES).
     pub fn denial_message(&self) -> Option<String> {
-        (!self.denials.is_empty()).then(|| self.denials.join("; "))
+        (!self.allowed()).then(|| join_denials(&self.denials, self.denials_left_out))
     }
 }
 
@@ -202,7 +210,15 @@ fn fill_block(
         ));
     }
     if block.algorithm.is_none() {
-        ops.push(add(&with("algorithm"), json!(cfg.default_algorithm.name())));
+        // A referenced Secret's declared algorithm is the block's, not the default.
+        let algorithm = block
+            .secret_ref
+            .as_ref()
+            .and_then(|r| r.algorithm.as_deref())
+            .and_then(Algorithm::parse)
+            .filter(|a| !cfg.is_denied(*a))
+            .unwrap_or(cfg.default_algorithm);
+        ops.push(add(&with("algorithm"), json!(algorithm.name())));
     }
 }
 
@@ -234,9 +250,9 @@ pub fn mutate_instance(
             match (cluster, role) {
                 (None, _) => {
                     warnings.push(format!(
-                        "spec.clusterRef: Bind9Cluster {:?} is not known yet, so no default \
+                        "spec.clusterRef: Bind9Cluster {} is not known yet, so no default \
                          rndcKey was set; its spec.<role>.rndcKey or the defaults will apply",
-                        shorten(cluster_ref)
+                        shown(cluster_ref)
                     ));
                     false
                 }
@@ -287,16 +303,30 @@ fn deny_unknown_fields(path: &str, extra: &Extra, known: &str, findings: &mut Fi
         } else {
             format!("use {known}")
         };
-        findings.deny(format!("{path}.{}: unknown field; {hint}", shorten(key)));
+        findings.deny(format!("{path}.{}: unknown field; {hint}", shown_key(key)));
+    }
+}
+
+/// Denies `rndcKey` (or the `rndcKeys` typo) where the Bindy operator never reads one, e.g. a
+/// cluster-level `spec.rndcKey`: silently ignored, it would leave weak or unrotated keys in place.
+fn deny_misplaced_blocks(path: &str, extra: &Extra, instead: &str, findings: &mut Findings) {
+    for key in extra
+        .keys()
+        .filter(|k| matches!(k.as_str(), "rndcKey" | "rndcKeys"))
+    {
+        findings.deny(format!(
+            "{path}.{key}: not a field here, so the Bindy operator would ignore it; set {instead} \
+             instead"
+        ));
     }
 }
 
 fn check_secret_name(path: impl fmt::Display, name: &str, findings: &mut Findings) {
     if !is_dns_subdomain(name) {
         findings.deny(format!(
-            "{path}: {:?} is not a valid Secret name; use lower-case letters, digits, '-' and '.' \
+            "{path}: {} is not a valid Secret name; use lower-case letters, digits, '-' and '.' \
              (a DNS-1123 subdomain), e.g. \"dns-primary-rndc\"",
-            shorten(name)
+            shown(name)
         ));
     }
 }
@@ -350,6 +380,21 @@ fn check_block(path: &str, block: &RndcKeyConfig, cfg: &PolicyConfig, findings: 
     }
     if let Some(reference) = &block.secret_ref {
         check_reference(&format!("{path}.secretRef"), reference, cfg, findings);
+        // Only two allowed algorithms can disagree; a denied one is reported on its own.
+        let allowed = |name: Option<&str>| {
+            name.and_then(Algorithm::parse)
+                .filter(|a| !cfg.is_denied(*a))
+        };
+        if let (Some(block_algorithm), Some(declared)) = (
+            allowed(block.algorithm.as_deref()),
+            allowed(reference.algorithm.as_deref()),
+        ) && block_algorithm != declared
+        {
+            findings.deny(format!(
+                "{path}.algorithm: {block_algorithm} disagrees with {path}.secretRef.algorithm \
+                 ({declared}); make them the same or remove {path}.algorithm"
+            ));
+        }
         if block.auto_rotate == Some(true) {
             findings.warn(format!(
                 "{path}.autoRotate: ignored with secretRef; rndc-warden never rotates a Secret you \
@@ -378,8 +423,8 @@ fn check_block(path: &str, block: &RndcKeyConfig, cfg: &PolicyConfig, findings: 
         );
         if let Some(kind) = inline.type_.as_deref().filter(|t| *t != "Opaque") {
             findings.deny(format!(
-                "{prefix}.type: {:?} is not supported for RNDC keys; use Opaque or leave it out",
-                shorten(kind)
+                "{prefix}.type: {} is not supported for RNDC keys; use Opaque or leave it out",
+                shown(kind)
             ));
         }
         for reserved in [
@@ -404,6 +449,13 @@ fn check_block(path: &str, block: &RndcKeyConfig, cfg: &PolicyConfig, findings: 
             findings.warn(format!(
                 "{prefix}: inline key data is readable by anyone who can read this object; \
                  prefer secretRef to a Secret you manage"
+            ));
+        }
+        if inline.left_out_entries > 0 {
+            findings.deny(format!(
+                "{prefix}: data and stringData hold {} entries more than the {MAX_MAP_ENTRIES} \
+                 read; an RNDC key needs only key-name, algorithm, secret and rndc.key",
+                inline.left_out_entries
             ));
         }
         let values = inline_values(inline, &prefix, findings);
@@ -453,8 +505,8 @@ pub fn validate_instance(
             findings.deny("spec.role: missing; set it to \"primary\" or \"secondary\"".to_owned())
         }
         Some(role) if Role::parse_any_case(role).is_none() => findings.deny(format!(
-            "spec.role: {:?} is not a role; use \"primary\" or \"secondary\"",
-            shorten(role)
+            "spec.role: {} is not a role; use \"primary\" or \"secondary\"",
+            shown(role)
         )),
         Some(_) => {}
     }
@@ -462,6 +514,9 @@ pub fn validate_instance(
         findings.deny(format!(
             "spec.{key}: unknown field; did you mean spec.rndcKey?"
         ));
+    }
+    if let Some(config) = &spec.config {
+        deny_misplaced_blocks("spec.config", &config.extra, "spec.rndcKey", &mut findings);
     }
     if let Some(block) = &spec.rndc_key {
         check_block("spec.rndcKey", block, cfg, &mut findings);
@@ -528,10 +583,10 @@ pub fn validate_instance(
 
 fn validate_role_blocks(blocks: RoleBlocks<'_>, cfg: &PolicyConfig) -> Validation {
     let mut findings = Findings::default();
-    for key in blocks.extra.keys().filter(|k| *k == "rndcKeys") {
-        findings.deny(format!(
-            "spec.{key}: unknown field; set spec.primary.rndcKey and spec.secondary.rndcKey instead"
-        ));
+    let role_blocks = "spec.primary.rndcKey and spec.secondary.rndcKey";
+    deny_misplaced_blocks("spec", blocks.extra, role_blocks, &mut findings);
+    if let Some(global) = blocks.global {
+        deny_misplaced_blocks("spec.global", &global.extra, role_blocks, &mut findings);
     }
     for (name, role) in [("primary", blocks.primary), ("secondary", blocks.secondary)] {
         let Some(role) = role else { continue };
@@ -618,8 +673,8 @@ fn review<T: Serialize + DeserializeOwned>(
             denials: vec![format!(
                 "internal error: the defaulting patch does not apply: {error}"
             )],
-            warnings: Vec::new(),
             patch: mutation.patch,
+            ..Decision::default()
         },
     }
 }

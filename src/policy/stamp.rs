@@ -8,12 +8,12 @@ use json_patch::Patch;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
-use super::duration::shorten;
 use super::effective::EffectiveKeyConfig;
 use super::key_data::{DataKeys, Findings, KeyDataRules, check_key_values, secret_values};
 use super::review::{Decision, Mutation, Validation, add, apply_patch, replace};
 use super::schedule::{format_time, parse_time};
 use super::settings::PolicyConfig;
+use super::shown::{shown, shown_name};
 use crate::api::{
     ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT, ANNOTATION_ROTATION_COUNT, DATA_ALGORITHM,
     DATA_RNDC_KEY, LABEL_RNDC_KEY, LABEL_RNDC_KEY_VALUE,
@@ -94,6 +94,21 @@ fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// The digits of a decimal count without leading zeros (`"007"` → `"7"`), of any size.
+fn decimal(text: &str) -> Option<&str> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = text.trim_start_matches('0');
+    Some(if digits.is_empty() { "0" } else { digits })
+}
+
+/// Whether decimal `a` is below decimal `b` (both from [`decimal`]), at any size.
+fn is_lower(a: &str, b: &str) -> bool {
+    (a.len(), a) < (b.len(), b)
+}
+
 fn count_of(secret: &Secret) -> Option<u32> {
     annotation(secret, ANNOTATION_ROTATION_COUNT).and_then(|c| c.trim().parse().ok())
 }
@@ -113,7 +128,7 @@ pub fn mutate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Mutation 
         set.insert(ANNOTATION_CREATED_AT, format_time(change.now));
         warnings.push(format!(
             "the key of Secret {} changed outside rndc-warden; recorded as a rotation at {}",
-            shorten(new.metadata.name.as_deref().unwrap_or_default()),
+            shown_name(new.metadata.name.as_deref().unwrap_or_default()),
             format_time(change.now)
         ));
         Some(change.now)
@@ -195,9 +210,9 @@ pub fn validate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Validat
             && parse_time(value).is_none()
         {
             findings.deny(format!(
-                "{}: {:?} is not an RFC 3339 time; use UTC such as \"2026-01-01T00:00:00Z\"",
+                "{}: {} is not an RFC 3339 time; use UTC such as \"2026-01-01T00:00:00Z\"",
                 path(key),
-                shorten(value)
+                shown(value)
             ));
         }
     }
@@ -205,9 +220,9 @@ pub fn validate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Validat
         && count_of(new).is_none()
     {
         findings.deny(format!(
-            "{}: {:?} is not a whole number; leave the rotation count to rndc-warden",
+            "{}: {} is not a whole number; leave the rotation count to rndc-warden",
             path(ANNOTATION_ROTATION_COUNT),
-            shorten(value)
+            shown(value)
         ));
     }
     let by_rotator = change.by_rotator(cfg);
@@ -222,7 +237,8 @@ pub fn validate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Validat
             ));
         }
         if let Some(old) = change.old {
-            let who = shorten(change.username);
+            // Set by the apiserver's authenticator, not by the object: shown as it is.
+            let who = super::shown::cut(change.username, 253);
             if annotation(old, ANNOTATION_CREATED_AT).is_some()
                 && annotation(new, ANNOTATION_CREATED_AT).is_none()
             {
@@ -232,20 +248,31 @@ pub fn validate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Validat
                     path(ANNOTATION_CREATED_AT)
                 ));
             }
-            match (
-                count_of(old),
-                annotation(new, ANNOTATION_ROTATION_COUNT),
-                count_of(new),
-            ) {
-                (Some(_), None, _) => findings.deny(format!(
+            let stored = annotation(old, ANNOTATION_ROTATION_COUNT);
+            let submitted = annotation(new, ANNOTATION_ROTATION_COUNT);
+            match (stored, submitted) {
+                (Some(_), None) => findings.deny(format!(
                     "{}: only rndc-warden may remove it (requested by {who}); keep it",
                     path(ANNOTATION_ROTATION_COUNT)
                 )),
-                (Some(before), Some(_), Some(after)) if after < before => findings.deny(format!(
-                    "{}: lowering it from {before} to {after} is not allowed (requested by {who}); \
-                     the rotation count only grows",
-                    path(ANNOTATION_ROTATION_COUNT)
-                )),
+                (Some(before), Some(after)) if before != after => {
+                    match (decimal(before), decimal(after)) {
+                        (Some(b), Some(a)) if is_lower(a, b) => findings.deny(format!(
+                            "{}: lowering it from {} to {} is not allowed (requested by {who}); \
+                             the rotation count only grows",
+                            path(ANNOTATION_ROTATION_COUNT),
+                            super::shown::cut(b, 24),
+                            super::shown::cut(a, 24)
+                        )),
+                        (None, _) => findings.deny(format!(
+                            "{}: the stored value is not a rotation count, so only rndc-warden may \
+                             change it (requested by {who}); it writes a valid count at the next \
+                             rotation (rndc-warden rotate)",
+                            path(ANNOTATION_ROTATION_COUNT)
+                        )),
+                        _ => {}
+                    }
+                }
                 _ => {}
             }
         }
@@ -271,8 +298,8 @@ pub fn review_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Decision 
             denials: vec![format!(
                 "internal error: the stamping patch does not apply: {error}"
             )],
-            warnings: Vec::new(),
             patch: mutation.patch,
+            ..Decision::default()
         },
     }
 }

@@ -21,12 +21,14 @@
 //! - [`namespace`]: [`TestNamespace`], ServiceAccount [`Identity`];
 //! - [`webhook`]: registration by URL + caBundle, [`StubWebhookServer`];
 //! - [`metrics`]: `/metrics` parsing; [`crd`]: CRDs; [`tools`]: kubectl/helm;
-//! - [`named`]: BIND9; [`pki`]: certificates; [`process`]: child processes; [`wait`]: polling.
+//! - [`named`]: BIND9; [`pki`]: certificates; [`process`]: child processes; [`wait`]: polling;
+//! - [`leaks`]: a marker key planted in requests, and looked for in what comes out.
 
 pub mod bins;
 pub mod control_plane;
 pub mod crd;
 mod error;
+pub mod leaks;
 pub mod metrics;
 pub mod named;
 pub mod namespace;
