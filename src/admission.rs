@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest as _, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use kube::core::admission::Operation;
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -33,6 +33,10 @@ pub use review::AdmissionPolicy;
 /// The largest request body accepted, as the apiserver's own webhook client allows (7 MiB).
 pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
 
+/// Bodies up to this size are read at once without drawing on the body budget, so that large
+/// uploads waiting for the budget never hold up ordinary reviews (a few KiB each).
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+
 /// Request-level limits of the admission router.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLimits {
@@ -40,6 +44,10 @@ pub struct RequestLimits {
     pub max_concurrency: usize,
     /// Time allowed for reading the body and answering.
     pub request_timeout: Duration,
+    /// Bytes of request bodies over [`SMALL_BODY_BYTES`] held in memory at once (by their
+    /// `Content-Length`, or [`MAX_BODY_BYTES`] without one); further large requests wait.
+    /// Decoding needs about twice the body, so this bounds the memory large uploads can take.
+    pub max_body_memory: usize,
 }
 
 impl Default for RequestLimits {
@@ -47,7 +55,39 @@ impl Default for RequestLimits {
         Self {
             max_concurrency: 256,
             request_timeout: Duration::from_secs(10),
+            max_body_memory: 16 * 1024 * 1024,
         }
+    }
+}
+
+/// The budget large bodies draw on, in KiB permits.
+#[derive(Debug, Clone)]
+struct BodyBudget {
+    permits: Arc<Semaphore>,
+    total_kib: u32,
+}
+
+impl BodyBudget {
+    fn new(max_body_memory: usize) -> Self {
+        // At least one whole maximal body, or such a request could never be served.
+        let total_kib =
+            u32::try_from(max_body_memory.max(MAX_BODY_BYTES) / 1024).unwrap_or(u32::MAX);
+        Self {
+            permits: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// Waits until `bytes` fit; `None` for small bodies, which never wait.
+    async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        if bytes <= SMALL_BODY_BYTES {
+            return None;
+        }
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.total_kib);
+        // The semaphore is never closed, so acquiring only fails if it were.
+        self.permits.clone().acquire_many_owned(kib).await.ok()
     }
 }
 
@@ -62,10 +102,19 @@ pub struct AdmissionState {
 
 /// The admission router (`POST /mutate`, `POST /validate`), callable in-process from tests.
 pub fn router(state: AdmissionState, limits: RequestLimits) -> Router {
+    let budget = BodyBudget::new(limits.max_body_memory);
+    let endpoint = |endpoint: Endpoint| {
+        let budget = budget.clone();
+        post(
+            move |State(state): State<AdmissionState>, request: Request| {
+                let budget = budget.clone();
+                async move { handle(&state, &budget, endpoint, request).await }
+            },
+        )
+    };
     Router::new()
-        .route("/mutate", post(mutate))
-        .route("/validate", post(validate))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route("/mutate", endpoint(Endpoint::Mutate))
+        .route("/validate", endpoint(Endpoint::Validate))
         .layer(
             ServiceBuilder::new()
                 .layer(TimeoutLayer::with_status_code(
@@ -75,14 +124,6 @@ pub fn router(state: AdmissionState, limits: RequestLimits) -> Router {
                 .layer(ConcurrencyLimitLayer::new(limits.max_concurrency)),
         )
         .with_state(state)
-}
-
-async fn mutate(State(state): State<AdmissionState>, request: Request) -> Response {
-    handle(&state, Endpoint::Mutate, request).await
-}
-
-async fn validate(State(state): State<AdmissionState>, request: Request) -> Response {
-    handle(&state, Endpoint::Validate, request).await
 }
 
 /// Counts the request as in flight for as long as it lives.
@@ -101,14 +142,27 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn handle(state: &AdmissionState, endpoint: Endpoint, request: Request) -> Response {
+async fn handle(
+    state: &AdmissionState,
+    budget: &BodyBudget,
+    endpoint: Endpoint,
+    request: Request,
+) -> Response {
     let started = Instant::now();
     let _in_flight = InFlight::start(&state.metrics);
     let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
-    // Reads the body within the route's `DefaultBodyLimit`: 413 beyond it.
-    let body = match Bytes::from_request(request, &()).await {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+        return too_large();
+    }
+    let _reserved = budget.reserve(declared.unwrap_or(MAX_BODY_BYTES)).await;
+    let body = match read_body(request.into_body(), declared.unwrap_or(0)).await {
         Ok(body) => body,
-        Err(rejection) => return rejection.into_response(),
+        Err(response) => return response,
     };
     let (response, labels) = answer(state, endpoint, content_type.as_ref(), &body, started);
     state
@@ -191,6 +245,37 @@ fn invalid_labels(endpoint: Endpoint) -> AdmissionLabels {
         operation: "unknown",
         decision: Decision::Invalid,
     }
+}
+
+fn too_large() -> Response {
+    plain_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "request body is over the {} MiB limit of the apiserver's webhook client",
+            MAX_BODY_BYTES / (1024 * 1024)
+        ),
+    )
+}
+
+/// Reads the body into one buffer sized by `Content-Length` (no copy when chunks are joined);
+/// 413 past [`MAX_BODY_BYTES`].
+async fn read_body(body: axum::body::Body, declared: usize) -> Result<Vec<u8>, Response> {
+    use futures::StreamExt as _;
+    let mut out = Vec::with_capacity(declared.min(MAX_BODY_BYTES));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|error| {
+            plain_error(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {error}"),
+            )
+        })?;
+        if out.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 fn plain_error(status: StatusCode, message: String) -> Response {

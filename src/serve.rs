@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Admission requests handled at once; more wait in line.
     #[arg(long, env = "RNDC_WARDEN_MAX_CONCURRENCY", default_value_t = 256)]
     pub max_concurrency: usize,
+    /// Bytes of large request bodies (over 64 KiB) held at once; more large requests wait.
+    /// Peak memory is about twice this plus the base; at least one 7 MiB body.
+    #[arg(long, env = "RNDC_WARDEN_MAX_BODY_MEMORY", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_body_memory: usize,
     /// Time allowed to read and answer one admission request.
     #[arg(long, env = "RNDC_WARDEN_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -83,6 +87,31 @@ pub struct ServeArgs {
     /// The rotator (leader-elected; runs when cluster credentials are found).
     #[command(flatten)]
     pub rotation: RotationArgs,
+}
+
+/// A byte size: a whole number with an optional `KiB`/`MiB`/`GiB` suffix.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        "GiB" => 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}; use a number of bytes or KiB, MiB, GiB, e.g. 16MiB"
+            ));
+        }
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a size; use e.g. 16MiB"))
 }
 
 type StopFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -263,6 +292,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         RequestLimits {
             max_concurrency: args.max_concurrency,
             request_timeout: args.request_timeout,
+            max_body_memory: args.max_body_memory,
         },
     );
     let limits = ConnectionLimits {

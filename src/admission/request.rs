@@ -976,4 +976,75 @@ mod tests {
         );
         assert!(message.contains("admissionReviewVersions"), "{message}");
     }
+
+    #[test]
+    fn compressed_bodies_and_byte_order_marks_are_named() {
+        let message = |body: &[u8]| match parse_body(body) {
+            Err(Malformed::NotAReview(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        assert!(message(&[0x1f, 0x8b, 8, 0]).contains("gzip-compressed"));
+        let mut bom = b"\xEF\xBB\xBF".to_vec();
+        bom.extend(review(
+            json!({"uid": "u", "kind": {"kind": "Secret"}, "operation": "CREATE"}),
+        ));
+        assert!(message(&bom).contains("byte order mark"));
+    }
+
+    #[test]
+    fn an_oversized_uid_is_not_echoed() {
+        let uid = "u".repeat(10_000);
+        let body = review(json!({"uid": uid, "kind": {"kind": "Secret"}, "operation": "CREATE"}));
+        let Err(Malformed::BadRequest { uid, message, .. }) = parse_body(&body) else {
+            panic!("accepted a 10,000-character uid");
+        };
+        assert!(uid.is_empty());
+        assert!(message.contains("10000 characters"), "{message}");
+    }
+
+    #[test]
+    fn an_object_of_another_kind_than_the_request_names_is_denied_by_name() {
+        let body = review(json!({
+            "uid": "u-6", "operation": "CREATE",
+            "kind": {"group": GROUP, "version": "v1beta1", "kind": "Bind9Instance"},
+            "object": {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"},
+                       "spec": {"role": "primary"}}
+        }));
+        let request = parse_body(&body).expect("the review itself is fine");
+        let error = request
+            .object
+            .as_ref()
+            .expect("object")
+            .instance()
+            .expect_err("kind mismatch");
+        assert!(
+            error.contains("request.kind is Bind9Instance") && error.contains("\"Secret\""),
+            "{error}"
+        );
+        let body = review(json!({
+            "uid": "u-7", "operation": "CREATE",
+            "kind": {"group": "", "version": "v1", "kind": "Secret"},
+            "object": {"apiVersion": "bindy.firestoned.io/v1beta1", "kind": "Bind9Instance",
+                       "metadata": {"name": "x"}}
+        }));
+        let request = parse_body(&body).expect("parses");
+        let error = request
+            .object
+            .as_ref()
+            .expect("object")
+            .secret("Secret")
+            .expect_err("kind mismatch");
+        assert!(error.contains("request.kind is Secret"), "{error}");
+    }
+
+    #[test]
+    fn a_wrong_type_in_the_review_is_described_without_its_value() {
+        let key = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+        let body = review(json!({"uid": "u-8", "kind": {"kind": key}, "operation": [key]}));
+        let Err(Malformed::BadRequest { message, .. }) = parse_body(&body) else {
+            panic!("accepted a broken review");
+        };
+        assert!(!message.contains(&key[..8]), "{message}");
+        assert!(message.contains("request."), "{message}");
+    }
 }

@@ -113,8 +113,10 @@ impl AdmissionPolicy {
             ));
         };
         let namespace = request.namespace.as_deref().unwrap_or_default();
+        // The stored object of an UPDATE, when it decodes: denials then apply to what changes.
+        let stored = request.old_object.as_ref();
         match kind {
-            HandledKind::Instance => self.instance(endpoint, object, namespace),
+            HandledKind::Instance => self.instance(endpoint, object, stored, namespace),
             HandledKind::Cluster => {
                 object
                     .cluster()
@@ -123,7 +125,12 @@ impl AdmissionPolicy {
                             policy::mutate_cluster(&cluster, &self.config),
                         ),
                         Endpoint::Validate => AdmissionVerdict::from_validation(
-                            policy::validate_cluster(&cluster, &self.config),
+                            match stored.and_then(|s| s.cluster().ok()) {
+                                Some(stored) => {
+                                    policy::validate_cluster_update(&cluster, &stored, &self.config)
+                                }
+                                None => policy::validate_cluster(&cluster, &self.config),
+                            },
                         ),
                     })
             }
@@ -135,7 +142,14 @@ impl AdmissionPolicy {
                             policy::mutate_provider(&provider, &self.config),
                         ),
                         Endpoint::Validate => AdmissionVerdict::from_validation(
-                            policy::validate_provider(&provider, &self.config),
+                            match stored.and_then(|s| s.provider().ok()) {
+                                Some(stored) => policy::validate_provider_update(
+                                    &provider,
+                                    &stored,
+                                    &self.config,
+                                ),
+                                None => policy::validate_provider(&provider, &self.config),
+                            },
                         ),
                     })
             }
@@ -163,6 +177,7 @@ impl AdmissionPolicy {
         &self,
         endpoint: Endpoint,
         object: &RequestObject<'_>,
+        stored: Option<&RequestObject<'_>>,
         namespace: &str,
     ) -> AdmissionVerdict {
         let instance = match object.instance() {
@@ -176,11 +191,17 @@ impl AdmissionPolicy {
                 cluster.as_ref(),
                 &self.config,
             )),
-            Endpoint::Validate => AdmissionVerdict::from_validation(policy::validate_instance(
-                &instance,
-                cluster.as_ref(),
-                &self.config,
-            )),
+            Endpoint::Validate => {
+                AdmissionVerdict::from_validation(match stored.and_then(|s| s.instance().ok()) {
+                    Some(stored) => policy::validate_instance_update(
+                        &instance,
+                        &stored,
+                        cluster.as_ref(),
+                        &self.config,
+                    ),
+                    None => policy::validate_instance(&instance, cluster.as_ref(), &self.config),
+                })
+            }
         }
     }
 

@@ -33,7 +33,8 @@ pub use names::{data_path, is_dns_subdomain};
 pub use review::{
     Decision, MAX_WARNING_LEN, MAX_WARNINGS_BYTES, Mutation, Validation, apply_patch,
     limit_warnings, mutate_cluster, mutate_instance, mutate_provider, review_cluster,
-    review_instance, review_provider, validate_cluster, validate_instance, validate_provider,
+    review_instance, review_provider, validate_cluster, validate_cluster_update, validate_instance,
+    validate_instance_update, validate_provider, validate_provider_update,
 };
 pub use rndc_key::{
     KeyMaterial, KeySecretData, RndcKey, RndcKeyError, RndcKeyProblem, ShortKey,

@@ -20,7 +20,7 @@ use super::key_data::{
 };
 use super::names::is_dns_subdomain;
 use super::settings::PolicyConfig;
-use super::shown::{join_denials, shown, shown_key};
+use super::shown::{join_denials, shown, shown_key, shown_name};
 use crate::api::{
     ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT, ANNOTATION_ROTATION_COUNT, Bind9Cluster,
     Bind9Instance, ClusterBind9Provider, DATA_RNDC_KEY, DATA_SECRET, Extra, MAX_MAP_ENTRIES,
@@ -241,30 +241,20 @@ pub fn mutate_instance(
     if let Some(block) = &spec.rndc_key {
         fill_block(&["spec", "rndcKey"], block, cfg, &mut ops);
     } else if spec.rndc_secret_ref.is_none() {
-        // A default block is injected only where no role-level block can apply; a deprecated
+        // A whole default block is written only where no other level can ever apply: a
+        // standalone instance. An instance of a cluster or provider gets none, even while its
+        // role has no block: one written now would shadow a role block added later (the
+        // defaults apply when the effective configuration is computed instead). A deprecated
         // rndcSecretRef is left to win as it does today.
         let cluster_ref = spec.cluster_ref.as_deref().unwrap_or_default();
-        let inject = if cluster_ref.is_empty() {
-            true
-        } else {
-            match (cluster, role) {
-                (None, _) => {
-                    warnings.push(format!(
-                        "spec.clusterRef: Bind9Cluster {} is not known yet, so no default \
-                         rndcKey was set; its spec.<role>.rndcKey or the defaults will apply",
-                        shown(cluster_ref)
-                    ));
-                    false
-                }
-                (Some(cluster), Some(role)) => role
-                    .block_of(cluster)
-                    .and_then(|b| b.rndc_key.as_ref())
-                    .is_none(),
-                (Some(_), None) => false,
-            }
-        };
-        if inject {
+        if cluster_ref.is_empty() {
             ops.push(add(&["spec", "rndcKey"], default_block(cfg)));
+        } else if cluster.is_none() {
+            warnings.push(format!(
+                "spec.clusterRef: Bind9Cluster {} is not known yet; its spec.<role>.rndcKey or \
+                 the defaults will apply",
+                shown_name(cluster_ref)
+            ));
         }
     }
     Mutation {
@@ -647,6 +637,129 @@ fn validate_role_blocks(blocks: RoleBlocks<'_>, cfg: &PolicyConfig) -> Validatio
         );
     }
     findings.into()
+}
+
+/// Validation of an UPDATE of a (mutated) `Bind9Instance` against the stored one: when the update
+/// leaves every field the rules read as it was (the operator removing its finalizer, editing
+/// labels, status or fields of its own), problems the stored object already had become warnings,
+/// so policy never blocks the operator's bookkeeping; a changed configuration is judged in full.
+pub fn validate_instance_update(
+    instance: &Bind9Instance,
+    stored: &Bind9Instance,
+    cluster: Option<&Bind9Cluster>,
+    cfg: &PolicyConfig,
+) -> Validation {
+    let validation = validate_instance(instance, cluster, cfg);
+    if validation.allowed() {
+        return validation;
+    }
+    let stored = apply_patch(stored, &mutate_instance(stored, cluster, cfg).patch)
+        .unwrap_or_else(|_| stored.clone());
+    if instance_key_fields(instance) != instance_key_fields(&stored) {
+        return validation;
+    }
+    keep_only_new_denials(validation, validate_instance(&stored, cluster, cfg))
+}
+
+/// What the rules read of an instance, to tell whether an update changed it.
+fn instance_key_fields(instance: &Bind9Instance) -> Value {
+    let spec = &instance.spec;
+    let misplaced = |extra: &Extra| -> Vec<String> {
+        extra
+            .keys()
+            .filter(|k| matches!(k.as_str(), "rndcKey" | "rndcKeys"))
+            .cloned()
+            .collect()
+    };
+    json!({
+        "role": spec.role.as_deref().and_then(Role::parse_any_case).map(Role::as_str),
+        "clusterRef": spec.cluster_ref,
+        "rndcKey": spec.rndc_key,
+        "rndcSecretRef": spec.rndc_secret_ref,
+        "config": spec.config.as_ref().map(|c| (&c.rndc_secret_ref, misplaced(&c.extra))),
+        "misplaced": misplaced(&spec.extra),
+        "name": instance.metadata.name,
+    })
+}
+
+/// What the rules read of a cluster or provider spec.
+fn role_key_fields(blocks: RoleBlocks<'_>) -> Value {
+    let role = |r: Option<&crate::api::RoleSpec>| {
+        r.map(|r| {
+            json!({
+                "rndcKey": r.rndc_key,
+                "rndcSecretRef": r.rndc_secret_ref,
+                "misplaced": r.extra.keys().filter(|k| k.as_str() == "rndcKeys").collect::<Vec<_>>(),
+            })
+        })
+    };
+    json!({
+        "primary": role(blocks.primary),
+        "secondary": role(blocks.secondary),
+        "global": blocks.global.map(|g| (&g.rndc_secret_ref, g.extra.keys().filter(|k| k.starts_with("rndcKey")).collect::<Vec<_>>())),
+        "rndcSecretRefs": blocks.rndc_secret_refs,
+        "misplaced": blocks.extra.keys().filter(|k| k.starts_with("rndcKey")).collect::<Vec<_>>(),
+    })
+}
+
+/// `validation` with every denial the stored object already had turned into a warning.
+fn keep_only_new_denials(validation: Validation, stored: Validation) -> Validation {
+    let mut findings = Findings::default();
+    for denial in validation.denials {
+        if stored.denials.contains(&denial) {
+            findings.warn(format!(
+                "allowed because this update leaves the key configuration as stored, but it is \
+                 not compliant: {denial}"
+            ));
+        } else {
+            findings.deny(denial);
+        }
+    }
+    for warning in validation.warnings {
+        findings.warn(warning);
+    }
+    let mut kept: Validation = findings.into();
+    kept.denials_left_out += validation
+        .denials_left_out
+        .saturating_sub(stored.denials_left_out);
+    kept
+}
+
+/// Validation of an UPDATE of a (mutated) `Bind9Cluster` against the stored one (see
+/// [`validate_instance_update`]).
+pub fn validate_cluster_update(
+    cluster: &Bind9Cluster,
+    stored: &Bind9Cluster,
+    cfg: &PolicyConfig,
+) -> Validation {
+    let validation = validate_cluster(cluster, cfg);
+    if validation.allowed() {
+        return validation;
+    }
+    let stored =
+        apply_patch(stored, &mutate_cluster(stored, cfg).patch).unwrap_or_else(|_| stored.clone());
+    if role_key_fields(cluster.spec.role_blocks()) != role_key_fields(stored.spec.role_blocks()) {
+        return validation;
+    }
+    keep_only_new_denials(validation, validate_cluster(&stored, cfg))
+}
+
+/// Validation of an UPDATE of a (mutated) `ClusterBind9Provider` against the stored one.
+pub fn validate_provider_update(
+    provider: &ClusterBind9Provider,
+    stored: &ClusterBind9Provider,
+    cfg: &PolicyConfig,
+) -> Validation {
+    let validation = validate_provider(provider, cfg);
+    if validation.allowed() {
+        return validation;
+    }
+    let stored =
+        apply_patch(stored, &mutate_provider(stored, cfg).patch).unwrap_or_else(|_| stored.clone());
+    if role_key_fields(provider.spec.role_blocks()) != role_key_fields(stored.spec.role_blocks()) {
+        return validation;
+    }
+    keep_only_new_denials(validation, validate_provider(&stored, cfg))
 }
 
 /// Validation of a (mutated) `Bind9Cluster`.

@@ -103,18 +103,6 @@ fn a_standalone_instance_gets_a_whole_default_block() {
 }
 
 #[test]
-fn a_block_is_injected_when_the_known_cluster_has_none_for_the_role() {
-    let c = cluster("secondary:\n  rndcKey: {autoRotate: true}");
-    let m = mutate_instance(
-        &instance("clusterRef: my-cluster\nrole: primary"),
-        Some(&c),
-        &cfg(),
-    );
-    assert_eq!(m.patch.0.len(), 1);
-    assert_eq!(m.patch.0[0].path().to_string(), "/spec/rndcKey");
-}
-
-#[test]
 fn nothing_is_injected_when_the_role_block_applies() {
     let c = cluster("primary:\n  rndcKey: {autoRotate: true}");
     let m = mutate_instance(
@@ -140,8 +128,8 @@ fn an_unknown_cluster_means_no_injection_and_a_warning() {
     assert_eq!(
         m.warnings,
         [
-            "spec.clusterRef: Bind9Cluster \"elsewhere\" is not known yet, so no default rndcKey was \
-          set; its spec.<role>.rndcKey or the defaults will apply"
+            "spec.clusterRef: Bind9Cluster elsewhere is not known yet; its spec.<role>.rndcKey or \
+             the defaults will apply"
         ]
     );
 }
@@ -784,4 +772,133 @@ mod properties {
             prop_assert!(mutate_instance(&patched, cluster, &cfg).patch.0.is_empty());
         }
     }
+}
+
+#[test]
+fn rndc_key_where_bindy_never_reads_one_is_denied() {
+    let c = cluster("rndcKey: {algorithm: hmac-md5}\nglobal:\n  rndcKey: {autoRotate: true}");
+    let d = review_cluster(&c, &cfg());
+    assert_eq!(
+        d.denials,
+        [
+            "spec.rndcKey: not a field here, so the Bindy operator would ignore it; set \
+             spec.primary.rndcKey and spec.secondary.rndcKey instead",
+            "spec.global.rndcKey: not a field here, so the Bindy operator would ignore it; set \
+             spec.primary.rndcKey and spec.secondary.rndcKey instead",
+        ]
+    );
+    let i = instance("role: primary\nconfig:\n  rndcKey: {autoRotate: true}");
+    let d = review_instance(&i, None, &cfg());
+    assert!(
+        d.denials
+            .iter()
+            .any(|m| m.starts_with("spec.config.rndcKey: not a field here")),
+        "{:?}",
+        d.denials
+    );
+}
+
+#[test]
+fn a_block_algorithm_that_disagrees_with_its_secret_ref_is_denied_and_never_defaulted_against_it() {
+    let i = instance(
+        "role: primary\nrndcKey:\n  algorithm: hmac-sha256\n  secretRef: {name: k, algorithm: \
+         hmac-sha512}",
+    );
+    let d = review_instance(&i, None, &cfg());
+    assert_eq!(
+        d.denials,
+        [
+            "spec.rndcKey.algorithm: hmac-sha256 disagrees with spec.rndcKey.secretRef.algorithm \
+          (hmac-sha512); make them the same or remove spec.rndcKey.algorithm"
+        ]
+    );
+    let i = instance("role: primary\nrndcKey:\n  secretRef: {name: k, algorithm: hmac-sha512}");
+    let d = review_instance(&i, None, &cfg());
+    assert!(d.allowed(), "{:?}", d.denials);
+    let patch = serde_json::to_string(&d.patch).expect("patch");
+    assert!(
+        patch.contains(r#""path":"/spec/rndcKey/algorithm","value":"hmac-sha512""#),
+        "{patch}"
+    );
+}
+
+#[test]
+fn a_million_problems_make_a_bounded_denial() {
+    let refs: String = (0..2000)
+        .map(|i| format!("  - {{name: r{i}, algorithm: hmac-md5}}\n"))
+        .collect();
+    let c = cluster(&format!("rndcSecretRefs:\n{refs}"));
+    let d = review_cluster(&c, &cfg());
+    let message = d.denial_message().expect("denied");
+    assert!(
+        message.len() <= crate::policy::MAX_MESSAGE_BYTES,
+        "{}",
+        message.len()
+    );
+    assert!(message.ends_with("more problems"), "{message}");
+    assert!(d.denials_left_out > 1900, "{}", d.denials_left_out);
+}
+
+#[test]
+fn a_clustered_instance_never_gets_a_block_that_could_shadow_its_role() {
+    // Known cluster without a block for the role, and a cluster not known yet: no block.
+    let c = cluster("secondary:\n  rndcKey: {autoRotate: true}");
+    for cluster in [Some(&c), None] {
+        let m = mutate_instance(
+            &instance("clusterRef: my-cluster\nrole: primary"),
+            cluster,
+            &cfg(),
+        );
+        assert!(m.patch.0.is_empty(), "{:?}", ops(&m.patch));
+    }
+    // A role block added later therefore wins, and until then the defaults apply.
+    let i = instance("clusterRef: my-cluster\nrole: primary");
+    let later = cluster("primary:\n  rndcKey: {autoRotate: true, algorithm: hmac-sha384}");
+    let effective = effective_config(&i, Some(&later), &cfg()).expect("effective");
+    assert!(effective.auto_rotate);
+    assert_eq!(effective.algorithm, Algorithm::HmacSha384);
+    // A standalone instance has no other level: it gets the whole default block.
+    let m = mutate_instance(&instance("clusterRef: \"\"\nrole: primary"), None, &cfg());
+    assert_eq!(ops(&m.patch).len(), 1);
+}
+
+#[test]
+fn compliance_mode_denies_what_an_update_changes_never_the_operators_bookkeeping() {
+    let strict = PolicyConfig {
+        require_auto_rotate: true,
+        ..cfg()
+    };
+    let stored = instance("role: primary\nrndcKey: {autoRotate: false}");
+    // The operator removes its finalizer or edits a field of its own: allowed, with a warning.
+    let mut edited = stored.clone();
+    edited.metadata.finalizers = None;
+    edited.spec.extra.insert(
+        "replicas".into(),
+        crate::api::RawJson::from_json("3").expect("json"),
+    );
+    // The validating webhook sees the object as the mutating one left it.
+    let edited =
+        apply_patch(&edited, &mutate_instance(&edited, None, &strict).patch).expect("patch");
+    let v = validate_instance_update(&edited, &stored, None, &strict);
+    assert!(v.allowed(), "{:?}", v.denials);
+    assert!(
+        v.warnings
+            .iter()
+            .any(|w| w.contains("leaves the key configuration as stored")),
+        "{:?}",
+        v.warnings
+    );
+    // A changed configuration that is still not compliant is denied.
+    let changed = instance("role: primary\nrndcKey: {autoRotate: false, rotateAfter: 720h}");
+    assert!(!validate_instance_update(&changed, &stored, None, &strict).allowed());
+    // A new non-compliant object is denied.
+    assert!(!validate_instance(&stored, None, &strict).allowed());
+    // Clusters alike: labels change, role blocks do not.
+    let c = cluster("primary:\n  rndcKey: {autoRotate: false}");
+    let mut relabelled = c.clone();
+    relabelled.metadata.labels = Some([("a".to_owned(), "b".to_owned())].into());
+    let relabelled =
+        apply_patch(&relabelled, &mutate_cluster(&relabelled, &strict).patch).expect("patch");
+    assert!(validate_cluster_update(&relabelled, &c, &strict).allowed());
+    assert!(!validate_cluster(&c, &strict).allowed());
 }

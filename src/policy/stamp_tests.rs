@@ -288,3 +288,44 @@ fn debug_output_of_a_change_never_shows_key_data() {
         "{shown}"
     );
 }
+
+#[test]
+fn a_stored_count_that_is_not_a_count_can_only_be_changed_by_the_rotator() {
+    for stored in ["abc", "99999999999", "-1"] {
+        let old = key_secret(1, &[(CREATED, "2026-01-01T00:00:00Z"), (COUNT, stored)]);
+        let lowered = key_secret(1, &[(CREATED, "2026-01-01T00:00:00Z"), (COUNT, "0")]);
+        let d = review_secret(
+            &change(&lowered, Some(&old), "mallory", None),
+            &PolicyConfig::default(),
+        );
+        assert!(
+            d.denials.iter().any(|m| m.contains("lowering it")
+                || m.contains("the stored value is not a rotation count")),
+            "{stored}: {:?}",
+            d.denials
+        );
+        let d = review_secret(
+            &change(&lowered, Some(&old), ROTATOR, None),
+            &PolicyConfig::default(),
+        );
+        assert!(d.allowed(), "{stored}: {:?}", d.denials);
+    }
+    // Counts compare as numbers of any size: raising a huge stored count is not lowering it.
+    let old = key_secret(
+        1,
+        &[(CREATED, "2026-01-01T00:00:00Z"), (COUNT, "99999999999")],
+    );
+    let raised = key_secret(
+        1,
+        &[(CREATED, "2026-01-01T00:00:00Z"), (COUNT, "100000000000")],
+    );
+    let d = review_secret(
+        &change(&raised, Some(&old), "mallory", None),
+        &PolicyConfig::default(),
+    );
+    assert!(
+        !d.denials.iter().any(|m| m.contains("lowering")),
+        "{:?}",
+        d.denials
+    );
+}

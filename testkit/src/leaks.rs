@@ -32,21 +32,28 @@ pub fn marker_data() -> String {
 /// The first window of the marker found in `output`, if any: of its text, of its `data` form, or
 /// of its raw bytes.
 pub fn leak(output: &[u8]) -> Option<String> {
-    for text in [marker(), marker_data()] {
-        for window in text.as_bytes().windows(WINDOW) {
-            if contains(output, window) {
-                return Some(String::from_utf8_lossy(window).into_owned());
-            }
-        }
-    }
-    MARKER_BYTES
+    static WINDOWS: std::sync::OnceLock<std::collections::HashSet<[u8; WINDOW]>> =
+        std::sync::OnceLock::new();
+    let windows = WINDOWS.get_or_init(|| {
+        let (text, data) = (marker(), marker_data());
+        [text.as_bytes(), data.as_bytes(), &MARKER_BYTES[..]]
+            .into_iter()
+            .flat_map(|form| form.windows(WINDOW))
+            .filter_map(|w| <[u8; WINDOW]>::try_from(w).ok())
+            .collect()
+    });
+    // One pass over the output, whatever its size.
+    output
         .windows(WINDOW)
-        .find(|window| contains(output, window))
-        .map(|window| format!("raw bytes {window:02x?}"))
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+        .filter_map(|w| <[u8; WINDOW]>::try_from(w).ok())
+        .find(|w| windows.contains(w))
+        .map(|w| {
+            if w.iter().all(u8::is_ascii_graphic) {
+                String::from_utf8_lossy(&w).into_owned()
+            } else {
+                format!("raw bytes {w:02x?}")
+            }
+        })
 }
 
 /// The kinds a marker is planted in.
@@ -261,7 +268,7 @@ mod tests {
     fn the_marker_is_found_in_each_of_its_forms_and_not_elsewhere() {
         assert!(leak(marker().as_bytes()).is_some());
         assert!(leak(format!("x{}y", &marker()[10..18]).as_bytes()).is_some());
-        assert!(leak(marker_data()[20..28].as_bytes()).is_some());
+        assert!(leak(&marker_data().as_bytes()[20..28]).is_some());
         assert!(leak(&MARKER_BYTES[3..11]).is_some());
         assert!(leak(b"spec.rndcKey.secret: expected an inline Secret, found a string").is_none());
     }
