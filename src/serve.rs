@@ -11,7 +11,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admission::server::{ConnectionLimits, serve_tls_on_own_thread};
+use crate::admission::server::{ConnectionLimits, serve_tls};
 use crate::admission::tls::{self, ReloadOutcome, ReloadingTls, TlsFiles};
 use crate::admission::{self, AdmissionPolicy, AdmissionState, RequestLimits};
 use crate::cache::ClusterCache;
@@ -270,11 +270,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ..ConnectionLimits::default()
     };
 
-    tasks.spawn(serve_tls_on_own_thread(
+    tasks.spawn(serve_tls(
         listener,
         tls.clone(),
         router,
         limits,
+        metrics.clone(),
         stop_signal(),
     ));
     let reload_metrics = metrics.clone();
