@@ -752,3 +752,90 @@ async fn half_open_handshakes_and_idle_connections_do_not_delay_a_review() {
     drop(flood);
     drop(idle);
 }
+
+#[tokio::test]
+async fn an_unsupported_content_encoding_gets_415_and_long_header_values_are_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated = generate(dir.path());
+    let server = start(Arc::new(
+        ReloadingTls::load(generated.files.clone()).expect("load"),
+    ))
+    .await;
+    let mut stream = connect(server.addr, client_config(&generated.ca_pem, None)).await;
+
+    let reply = exchange(
+        &mut stream,
+        &post(
+            "/validate",
+            "content-type: application/json\r\ncontent-encoding: gzip\r\n",
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00",
+        ),
+    )
+    .await
+    .expect("gzip");
+    assert_eq!(reply.status, 415, "{reply:?}");
+    assert!(
+        reply.body.contains(
+            "Content-Encoding gzip is not supported; the apiserver sends identity-encoded AdmissionReviews"
+        ),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.head.contains("\r\naccept-encoding: identity\r\n"),
+        "{}",
+        reply.head
+    );
+
+    // `identity` is no coding at all: reviewed as usual, on the same connection.
+    let reply = exchange(
+        &mut stream,
+        &post(
+            "/validate",
+            "content-type: application/json\r\ncontent-encoding: identity\r\n",
+            &review_body(),
+        ),
+    )
+    .await
+    .expect("identity");
+    assert_allowed(&reply);
+
+    // Header values are shown cut to 24 characters.
+    let long_type = format!("application/{}", "x".repeat(200));
+    let reply = exchange(
+        &mut stream,
+        &post(
+            "/validate",
+            &format!("content-type: {long_type}\r\n"),
+            b"{}",
+        ),
+    )
+    .await
+    .expect("long content type");
+    assert_eq!(reply.status, 415, "{reply:?}");
+    assert!(
+        reply.body.contains("\"application/xxxxxxxxxxxx…\""),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains(&"x".repeat(13)), "{}", reply.body);
+    let long_coding = "br, ".repeat(50);
+    let reply = exchange(
+        &mut stream,
+        &post(
+            "/mutate",
+            &format!("{JSON}content-encoding: {}\r\n", long_coding.trim_end()),
+            b"{}",
+        ),
+    )
+    .await
+    .expect("long content encoding");
+    assert_eq!(reply.status, 415, "{reply:?}");
+    assert!(
+        reply
+            .body
+            .contains("Content-Encoding br, br, br, br, br, br, … is not supported"),
+        "{}",
+        reply.body
+    );
+}
