@@ -1,8 +1,8 @@
 //! The HTTPS admission server: AdmissionReview v1 endpoints `/mutate` and `/validate`, each
 //! dispatching on the request's kind to the pure policy core through [`review`].
 //!
-//! Transport rules: a body over [`MAX_BODY_BYTES`] gets 413, a content type other than JSON 415,
-//! a body that is not an AdmissionReview at all 400. Everything else is answered with an
+//! Transport rules: a body over [`MAX_BODY_BYTES`] gets 413, a content type other than JSON or a
+//! `Content-Encoding` other than `identity` 415, a body that is not an AdmissionReview at all 400. Everything else is answered with an
 //! AdmissionReview whose `uid` echoes the request: malformed requests become denials that say
 //! what is wrong, never a panic or a 500.
 
@@ -151,6 +151,7 @@ async fn handle(
     let started = Instant::now();
     let _in_flight = InFlight::start(&state.metrics);
     let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    let content_encoding = request.headers().get(header::CONTENT_ENCODING).cloned();
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -164,7 +165,14 @@ async fn handle(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let (response, labels) = answer(state, endpoint, content_type.as_ref(), &body, started);
+    let (response, labels) = answer(
+        state,
+        endpoint,
+        content_type.as_ref(),
+        content_encoding.as_ref(),
+        &body,
+        started,
+    );
     state
         .metrics
         .admission_duration
@@ -295,17 +303,39 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
         .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// A request header value as shown in an error message: at most 24 characters, then `…`.
+fn shown_header(value: Option<&HeaderValue>) -> String {
+    const MAX_CHARS: usize = 24;
+    let text = value
+        .map(|value| String::from_utf8_lossy(value.as_bytes()))
+        .unwrap_or_default();
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.into_owned(),
+    }
+}
+
+/// Whether the body is sent without a content coding (no `Content-Encoding`, or `identity`).
+fn is_identity(content_encoding: Option<&HeaderValue>) -> bool {
+    content_encoding.is_none_or(|value| {
+        value.to_str().is_ok_and(|codings| {
+            codings
+                .split(',')
+                .all(|coding| coding.trim().eq_ignore_ascii_case("identity"))
+        })
+    })
+}
+
 fn answer(
     state: &AdmissionState,
     endpoint: Endpoint,
     content_type: Option<&HeaderValue>,
+    content_encoding: Option<&HeaderValue>,
     body: &[u8],
     started: Instant,
 ) -> (Response, AdmissionLabels) {
     if !is_json(content_type) {
-        let shown = content_type
-            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
-            .unwrap_or_default();
+        let shown = shown_header(content_type);
         let message = format!(
             "content type must be application/json, got {shown:?}; send an admission.k8s.io/v1 AdmissionReview"
         );
@@ -313,6 +343,20 @@ fn answer(
             plain_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message),
             invalid_labels(endpoint),
         );
+    }
+    if !is_identity(content_encoding) {
+        let shown = shown_header(content_encoding);
+        let message = format!(
+            "Content-Encoding {} is not supported; the apiserver sends identity-encoded AdmissionReviews: send the body uncompressed",
+            shown.escape_debug()
+        );
+        let mut response = plain_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message);
+        // RFC 7694: name the codings that are accepted.
+        response.headers_mut().insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        return (response, invalid_labels(endpoint));
     }
     let request = match parse_body(body) {
         Ok(request) => request,

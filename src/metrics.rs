@@ -96,6 +96,14 @@ pub struct EndpointLabels {
     pub endpoint: Endpoint,
 }
 
+/// Labels of the admission connection timeout counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `handshake` (TLS), `headers` (waiting for a request's headers, idle kept-alive
+    /// connections included) or `write` (the client did not take the response).
+    pub phase: &'static str,
+}
+
 /// Labels of per-instance rotator gauges.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -129,6 +137,12 @@ pub struct Metrics {
     pub admission_duration: Family<EndpointLabels, Histogram>,
     /// Admission requests being handled right now.
     pub admission_in_flight: Gauge,
+    /// Admission connections open (handshaking or established).
+    pub admission_connections_open: Gauge,
+    /// Admission connections refused because `--max-connections` were open.
+    pub admission_connections_refused: Counter,
+    /// Admission connections closed by a timeout, by phase.
+    pub admission_connection_timeouts: Family<PhaseLabels, Counter>,
     /// Serving certificate reloads by result.
     pub tls_reloads: Family<ResultLabels, Counter>,
     /// Key rotations by result (`success` or `failure`).
@@ -172,6 +186,24 @@ impl Metrics {
             "rndc_warden_admission_in_flight",
             "Admission requests being handled",
             admission_in_flight.clone(),
+        );
+        let admission_connections_open = Gauge::default();
+        registry.register(
+            "rndc_warden_admission_connections_open",
+            "Admission connections open (handshaking or established)",
+            admission_connections_open.clone(),
+        );
+        let admission_connections_refused = Counter::default();
+        registry.register(
+            "rndc_warden_admission_connections_refused",
+            "Admission connections refused because --max-connections were open",
+            admission_connections_refused.clone(),
+        );
+        let admission_connection_timeouts = Family::<PhaseLabels, Counter>::default();
+        registry.register(
+            "rndc_warden_admission_connection_timeouts",
+            "Admission connections closed by a timeout, by phase (handshake, headers, write)",
+            admission_connection_timeouts.clone(),
         );
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -219,6 +251,9 @@ impl Metrics {
             admission_requests,
             admission_duration,
             admission_in_flight,
+            admission_connections_open,
+            admission_connections_refused,
+            admission_connection_timeouts,
             tls_reloads,
         })
     }

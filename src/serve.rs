@@ -11,7 +11,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admission::server::{ConnectionLimits, serve_tls_on_own_thread};
+use crate::admission::server::{ConnectionLimits, serve_tls};
 use crate::admission::tls::{self, ReloadOutcome, ReloadingTls, TlsFiles};
 use crate::admission::{self, AdmissionPolicy, AdmissionState, RequestLimits};
 use crate::cache::ClusterCache;
@@ -62,6 +62,20 @@ pub struct ServeArgs {
     /// Time allowed to read and answer one admission request.
     #[arg(long, env = "RNDC_WARDEN_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Admission connections open at once (handshaking or established); new ones beyond it are
+    /// closed at once and counted in `rndc_warden_admission_connections_refused_total`.
+    #[arg(long, env = "RNDC_WARDEN_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Time allowed for a client's TLS handshake.
+    #[arg(long, env = "RNDC_WARDEN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub handshake_timeout: Duration,
+    /// Time allowed for a request's headers, counted from when the connection starts waiting for
+    /// it (after the handshake or the previous response): also the keep-alive idle timeout.
+    #[arg(long, env = "RNDC_WARDEN_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub header_timeout: Duration,
+    /// Longest a response may wait for the client to take it; the connection is closed beyond it.
+    #[arg(long, env = "RNDC_WARDEN_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub write_timeout: Duration,
     /// After SIGTERM: how long to keep serving while readiness is false, so endpoints update.
     #[arg(long, env = "RNDC_WARDEN_SHUTDOWN_DELAY", default_value = "2s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
@@ -112,6 +126,17 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
         .ok()
         .and_then(|n| n.checked_mul(scale))
         .ok_or_else(|| format!("{text:?} is not a size; use e.g. 16MiB"))
+}
+
+/// A connection timeout: a duration as [`parse_duration`] reads it, above zero (a zero timeout
+/// would close every connection).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!(
+            "{text:?} would close every connection; use e.g. 10s"
+        )),
+        timeout => Ok(timeout),
+    }
 }
 
 type StopFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -296,15 +321,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     let limits = ConnectionLimits {
+        handshake_timeout: args.handshake_timeout,
+        header_timeout: args.header_timeout,
+        write_timeout: args.write_timeout,
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         drain_timeout: args.drain_timeout,
-        ..ConnectionLimits::default()
     };
 
-    tasks.spawn(serve_tls_on_own_thread(
+    tasks.spawn(serve_tls(
         listener,
         tls.clone(),
         router,
         limits,
+        metrics.clone(),
         stop_signal(),
     ));
     let reload_metrics = metrics.clone();
@@ -367,6 +396,29 @@ mod tests {
     #[test]
     fn serve_parses_with_no_flags_so_every_default_is_valid() {
         let cli = crate::cli::Cli::try_parse_from(["rndc-warden", "serve"]);
+        assert!(cli.is_ok(), "{:?}", cli.err());
+    }
+
+    #[test]
+    fn connection_limits_refuse_values_that_would_close_every_connection() {
+        for flags in [
+            ["--max-connections", "0"],
+            ["--handshake-timeout", "0s"],
+            ["--header-timeout", "0ms"],
+            ["--write-timeout", "0s"],
+        ] {
+            let cli =
+                crate::cli::Cli::try_parse_from(["rndc-warden", "serve"].into_iter().chain(flags));
+            assert!(cli.is_err(), "{flags:?} was accepted");
+        }
+        let cli = crate::cli::Cli::try_parse_from([
+            "rndc-warden",
+            "serve",
+            "--max-connections",
+            "16",
+            "--write-timeout",
+            "500ms",
+        ]);
         assert!(cli.is_ok(), "{:?}", cli.err());
     }
 }

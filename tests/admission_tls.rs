@@ -1,23 +1,35 @@
 //! Real TLS against the admission listener: handshakes with the generated CA, certificate rotation
 //! by the symlink swap Kubernetes uses for Secret volumes, a broken new certificate keeping the old
-//! one serving, and client-certificate verification on and off.
+//! one serving, client-certificate verification on and off, and the connection limits (handshake,
+//! header, idle and write timeouts, the connection cap, handshake floods, content codings).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
 use rndc_warden::admission::server::{ConnectionLimits, serve_tls};
 use rndc_warden::admission::tls::{self, GeneratedTls, ReloadOutcome, ReloadingTls, TlsFiles};
+use rndc_warden::admission::{self, AdmissionPolicy, AdmissionState, RequestLimits};
+use rndc_warden::cache::ClusterCache;
+use rndc_warden::metrics::Metrics;
+use rndc_warden::policy::PolicyConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Size of the `/big` response: far more than the socket buffers of both ends can hold.
+const BIG: usize = 16 * 1024 * 1024;
 
 struct Server {
     addr: SocketAddr,
+    metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -29,21 +41,78 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    fn open_connections(&self) -> i64 {
+        self.metrics.admission_connections_open.get()
+    }
+
+    /// The Prometheus text the probe port's `/metrics` serves.
+    async fn metrics_text(&self) -> String {
+        use tower::ServiceExt as _;
+        let readiness = Arc::new(rndc_warden::probe::Readiness::default());
+        let request = axum::http::Request::get("/metrics")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = rndc_warden::probe::router(readiness, self.metrics.clone())
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("metrics body");
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
 async fn start(tls: Arc<ReloadingTls>) -> Server {
     start_with(tls, ConnectionLimits::default()).await
 }
 
+/// The real admission router (no cluster: every referenced cluster is unknown) plus `/ping` and
+/// `/big`, served by [`serve_tls`] exactly as `serve` runs it.
 async fn start_with(tls: Arc<ReloadingTls>, limits: ConnectionLimits) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let router = Router::new().route("/ping", get(|| async { "pong" }));
+    let metrics = Metrics::new();
+    let state = AdmissionState {
+        policy: Arc::new(AdmissionPolicy::new(
+            PolicyConfig::default(),
+            ClusterCache::empty(),
+        )),
+        metrics: metrics.clone(),
+    };
+    let router = admission::router(state, RequestLimits::default()).merge(
+        Router::new()
+            .route("/ping", get(|| async { "pong" }))
+            .route("/big", get(|| async { vec![b'x'; BIG] })),
+    );
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve_tls(listener, tls, router, limits, async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(serve_tls(
+        listener,
+        tls,
+        router,
+        limits,
+        metrics.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     Server {
         addr,
+        metrics,
         stop: Some(stop),
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics with `what` after `timeout`.
+async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < timeout,
+            "not within {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -108,7 +177,6 @@ async fn ping(
         .and_then(|certs| certs.first())
         .map(|cert| cert.as_ref().to_vec())
         .unwrap_or_default();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream
         .write_all(b"GET /ping HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
         .await
@@ -291,8 +359,6 @@ fn client_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 #[tokio::test]
 async fn a_slow_client_is_disconnected_after_the_header_timeout() {
-    use std::time::{Duration, Instant};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().expect("tempdir");
     let generated = generate(dir.path());
     let limits = ConnectionLimits {
@@ -337,5 +403,439 @@ async fn a_slow_client_is_disconnected_after_the_header_timeout() {
     assert!(
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "stalled handshake not dropped: {read:?}"
+    );
+}
+
+async fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    handshake(tcp, config).await.expect("handshake")
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let name = ServerName::try_from("localhost").expect("name");
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// One response read off a kept-alive connection.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    /// The status line and headers, lower-cased.
+    head: String,
+    body: String,
+}
+
+/// Sends `request` and reads exactly one response (by its `content-length`).
+async fn exchange(stream: &mut TlsStream<TcpStream>, request: &[u8]) -> Result<Reply, String> {
+    stream
+        .write_all(request)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buffer = Vec::new();
+    let mut chunk = [0_u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Err(format!("closed after {} bytes", buffer.len())),
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| format!("no content-length in {head:?}"))?;
+    while buffer.len() < head_end + length {
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Err("closed in the body".to_owned()),
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let body = String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned();
+    Ok(Reply { status, head, body })
+}
+
+fn post(path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\n{headers}content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+const JSON: &str = "content-type: application/json\r\n";
+const UID: &str = "7c1d3e0a-5b1f-4a53-9d55-0d0c4a1f0e11";
+
+/// A valid AdmissionReview of a standalone instance with settings that pass the policy.
+fn review_body() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": UID,
+            "kind": {"group": "bindy.firestoned.io", "version": "v1beta1", "kind": "Bind9Instance"},
+            "resource": {"group": "bindy.firestoned.io", "version": "v1beta1", "resource": "bind9instances"},
+            "name": "dns-1",
+            "namespace": "dns",
+            "operation": "CREATE",
+            "userInfo": {"username": "alice"},
+            "object": {
+                "apiVersion": "bindy.firestoned.io/v1beta1", "kind": "Bind9Instance",
+                "metadata": {"name": "dns-1", "namespace": "dns"},
+                "spec": {"role": "primary", "rndcKey": {"autoRotate": true, "rotateAfter": "720h", "algorithm": "hmac-sha256"}}
+            },
+            "dryRun": false
+        }
+    }))
+    .expect("json")
+}
+
+/// Asserts `reply` is the allowed AdmissionReview for [`review_body`].
+fn assert_allowed(reply: &Reply) {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let review: serde_json::Value = serde_json::from_str(&reply.body).expect("review json");
+    assert_eq!(review["response"]["uid"], UID, "{}", reply.body);
+    assert_eq!(review["response"]["allowed"], true, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_the_response_is_disconnected_within_the_write_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated = generate(dir.path());
+    let limits = ConnectionLimits {
+        write_timeout: Duration::from_secs(1),
+        ..ConnectionLimits::default()
+    };
+    let server = start_with(
+        Arc::new(ReloadingTls::load(generated.files.clone()).expect("load")),
+        limits,
+    )
+    .await;
+
+    // A small receive buffer, so the response cannot hide in the client's kernel buffers.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    let tcp = socket.connect(server.addr).await.expect("connect");
+    let mut stream = handshake(tcp, client_config(&generated.ca_pem, None))
+        .await
+        .expect("handshake");
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    // Never read. Without a write timeout the server waits on this write for ever (no other
+    // timer runs while a response is being written).
+    wait_for(
+        "the server closes the connection of a client that does not read",
+        Duration::from_secs(10),
+        async || server.open_connections() == 0,
+    )
+    .await;
+    let text = server.metrics_text().await;
+    assert!(
+        text.contains(r#"rndc_warden_admission_connection_timeouts_total{phase="write"} 1"#),
+        "{text}"
+    );
+    // What the client can still read is the part that was in flight, not the response.
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut received))
+        .await
+        .expect("the connection is closed");
+    assert!(
+        received.len() < BIG,
+        "the whole response arrived ({} bytes)",
+        received.len()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated = generate(dir.path());
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_secs(1),
+        ..ConnectionLimits::default()
+    };
+    let server = start_with(
+        Arc::new(ReloadingTls::load(generated.files.clone()).expect("load")),
+        limits,
+    )
+    .await;
+    let mut stream = connect(server.addr, client_config(&generated.ca_pem, None)).await;
+    let reply = exchange(
+        &mut stream,
+        b"GET /ping HTTP/1.1\r\nhost: localhost\r\n\r\n",
+    )
+    .await
+    .expect("first request");
+    assert_eq!(reply.body, "pong");
+    assert!(!reply.head.contains("connection: close"), "{}", reply.head);
+
+    // Kept alive, then idle: the server hangs up instead of keeping it for ever.
+    let mut byte = [0_u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection not closed: {read:?}"
+    );
+    wait_for(
+        "the server counts the idle connection as closed",
+        Duration::from_secs(10),
+        async || server.open_connections() == 0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_refused_and_counted_in_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated = generate(dir.path());
+    let config = client_config(&generated.ca_pem, None);
+    let limits = ConnectionLimits {
+        max_connections: 4,
+        // Long enough that the held connections cannot time out during the test.
+        header_timeout: Duration::from_secs(120),
+        ..ConnectionLimits::default()
+    };
+    let server = start_with(
+        Arc::new(ReloadingTls::load(generated.files.clone()).expect("load")),
+        limits,
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect(server.addr, config.clone()).await;
+        let reply = exchange(
+            &mut stream,
+            b"GET /ping HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        )
+        .await
+        .expect("under the cap");
+        assert_eq!(reply.body, "pong");
+        held.push(stream);
+    }
+
+    let refused = ping(server.addr, config.clone()).await;
+    assert!(
+        refused.is_err(),
+        "a fifth connection was served: {refused:?}"
+    );
+    wait_for(
+        "the refusal is counted in /metrics",
+        Duration::from_secs(10),
+        async || {
+            let text = server.metrics_text().await;
+            text.contains("rndc_warden_admission_connections_refused_total 1\n")
+                && text.contains("rndc_warden_admission_connections_open 4\n")
+        },
+    )
+    .await;
+    // The held connections still work.
+    let reply = exchange(
+        &mut held[0],
+        b"GET /ping HTTP/1.1\r\nhost: localhost\r\n\r\n",
+    )
+    .await
+    .expect("a held connection");
+    assert_eq!(reply.body, "pong");
+
+    // A closed connection frees its place.
+    drop(held.pop());
+    wait_for(
+        "a closed connection leaves the count",
+        Duration::from_secs(10),
+        async || server.open_connections() == 3,
+    )
+    .await;
+    let (_, body) = ping(server.addr, config)
+        .await
+        .expect("served again once under the cap");
+    assert!(body.ends_with("pong"), "{body}");
+    let text = server.metrics_text().await;
+    assert!(
+        text.contains("rndc_warden_admission_connections_refused_total 1\n"),
+        "{text}"
+    );
+}
+
+/// Connects and sends a real ClientHello, then never reads the server's answer nor finishes.
+async fn half_open_handshake(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut client = rustls::ClientConnection::new(config, name).expect("client");
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).expect("client hello");
+    tcp.write_all(&hello).await.expect("send the client hello");
+    tcp
+}
+
+#[tokio::test]
+async fn half_open_handshakes_and_idle_connections_do_not_delay_a_review() {
+    const HALF_OPEN: usize = 300;
+    const IDLE: usize = 50;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated = generate(dir.path());
+    let config = client_config(&generated.ca_pem, None);
+    let limits = ConnectionLimits {
+        // The flood must still be pending when the reviews are answered, however slow the
+        // machine: nothing times out during the test.
+        handshake_timeout: Duration::from_secs(120),
+        header_timeout: Duration::from_secs(120),
+        ..ConnectionLimits::default()
+    };
+    let server = start_with(
+        Arc::new(ReloadingTls::load(generated.files.clone()).expect("load")),
+        limits,
+    )
+    .await;
+    // The apiserver's kept-alive connection, established before the flood.
+    let mut apiserver = connect(server.addr, config.clone()).await;
+    let reply = exchange(&mut apiserver, &post("/validate", JSON, &review_body()))
+        .await
+        .expect("review before the flood");
+    assert_allowed(&reply);
+
+    let mut flood = Vec::new();
+    for _ in 0..HALF_OPEN {
+        flood.push(half_open_handshake(server.addr, config.clone()).await);
+    }
+    let mut idle = Vec::new();
+    for _ in 0..IDLE {
+        idle.push(connect(server.addr, config.clone()).await);
+    }
+    let expected = i64::try_from(1 + HALF_OPEN + IDLE).expect("count");
+    wait_for(
+        "the server holds every flood connection",
+        Duration::from_secs(30),
+        async || server.open_connections() == expected,
+    )
+    .await;
+
+    // Reviews on the kept-alive connection and on a new one are answered while the flood is
+    // pending; the bound is generous on purpose (a 2-core machine shared with other work).
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        exchange(&mut apiserver, &post("/validate", JSON, &review_body())),
+    )
+    .await
+    .expect("the review on the kept-alive connection was delayed by the flood")
+    .expect("review during the flood");
+    assert_allowed(&reply);
+    let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut fresh = connect(server.addr, config.clone()).await;
+        exchange(&mut fresh, &post("/validate", JSON, &review_body())).await
+    })
+    .await
+    .expect("a review on a new connection was delayed by the flood")
+    .expect("review on a new connection during the flood");
+    assert_allowed(&reply);
+    assert!(
+        server.open_connections() >= expected,
+        "the flood was no longer pending: {}",
+        server.open_connections()
+    );
+    drop(flood);
+    drop(idle);
+}
+
+#[tokio::test]
+async fn an_unsupported_content_encoding_gets_415_and_long_header_values_are_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated = generate(dir.path());
+    let server = start(Arc::new(
+        ReloadingTls::load(generated.files.clone()).expect("load"),
+    ))
+    .await;
+    let mut stream = connect(server.addr, client_config(&generated.ca_pem, None)).await;
+
+    let reply = exchange(
+        &mut stream,
+        &post(
+            "/validate",
+            "content-type: application/json\r\ncontent-encoding: gzip\r\n",
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00",
+        ),
+    )
+    .await
+    .expect("gzip");
+    assert_eq!(reply.status, 415, "{reply:?}");
+    assert!(
+        reply.body.contains(
+            "Content-Encoding gzip is not supported; the apiserver sends identity-encoded AdmissionReviews"
+        ),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.head.contains("\r\naccept-encoding: identity\r\n"),
+        "{}",
+        reply.head
+    );
+
+    // `identity` is no coding at all: reviewed as usual, on the same connection.
+    let reply = exchange(
+        &mut stream,
+        &post(
+            "/validate",
+            "content-type: application/json\r\ncontent-encoding: identity\r\n",
+            &review_body(),
+        ),
+    )
+    .await
+    .expect("identity");
+    assert_allowed(&reply);
+
+    // Header values are shown cut to 24 characters.
+    let long_type = format!("application/{}", "x".repeat(200));
+    let reply = exchange(
+        &mut stream,
+        &post(
+            "/validate",
+            &format!("content-type: {long_type}\r\n"),
+            b"{}",
+        ),
+    )
+    .await
+    .expect("long content type");
+    assert_eq!(reply.status, 415, "{reply:?}");
+    assert!(
+        reply.body.contains("\"application/xxxxxxxxxxxx…\""),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains(&"x".repeat(13)), "{}", reply.body);
+    let long_coding = "br, ".repeat(50);
+    let reply = exchange(
+        &mut stream,
+        &post(
+            "/mutate",
+            &format!("{JSON}content-encoding: {}\r\n", long_coding.trim_end()),
+            b"{}",
+        ),
+    )
+    .await
+    .expect("long content encoding");
+    assert_eq!(reply.status, 415, "{reply:?}");
+    assert!(
+        reply
+            .body
+            .contains("Content-Encoding br, br, br, br, br, br, … is not supported"),
+        "{}",
+        reply.body
     );
 }

@@ -296,6 +296,10 @@ fn option_sets() -> Vec<(&'static str, String)> {
             "policy-allow-all",
             "policy:\n  allowAllAlgorithms: true\n  defaultAlgorithm: hmac-sha1\n".into(),
         ),
+        (
+            "connection-limits",
+            "server:\n  maxConnections: 64\n  handshakeTimeout: 3s\n  headerTimeout: 30s\n  writeTimeout: 2500ms\n".into(),
+        ),
     ]
 }
 
@@ -480,6 +484,24 @@ fn the_deployment_passes_the_self_managed_certificate_contract_to_the_binary() {
     );
     // The binary creates the Secret; a rendered one would be reset by every `helm upgrade`.
     assert!(!r.has("Secret"), "the certificate Secret is not rendered");
+}
+
+#[test]
+fn the_connection_limits_reach_the_binary_with_its_defaults() {
+    let env = render("").env();
+    for (name, value) in [
+        ("RNDC_WARDEN_MAX_BODY_MEMORY", "16MiB"),
+        ("RNDC_WARDEN_MAX_CONNECTIONS", "1024"),
+        ("RNDC_WARDEN_HANDSHAKE_TIMEOUT", "10s"),
+        ("RNDC_WARDEN_HEADER_TIMEOUT", "10s"),
+        ("RNDC_WARDEN_WRITE_TIMEOUT", "10s"),
+    ] {
+        assert_eq!(
+            env.get(name).cloned().flatten().as_deref(),
+            Some(value),
+            "env {name}; all: {env:?}"
+        );
+    }
 }
 
 #[test]
@@ -731,6 +753,12 @@ fn every_option_renders_what_it_promises() {
                     "the two flags conflict; only one is passed"
                 );
             }
+            "connection-limits" => {
+                assert!(env_is("RNDC_WARDEN_MAX_CONNECTIONS", "64"), "{env:?}");
+                assert!(env_is("RNDC_WARDEN_HANDSHAKE_TIMEOUT", "3s"), "{env:?}");
+                assert!(env_is("RNDC_WARDEN_HEADER_TIMEOUT", "30s"), "{env:?}");
+                assert!(env_is("RNDC_WARDEN_WRITE_TIMEOUT", "2500ms"), "{env:?}");
+            }
             other => panic!("option set {other:?} has no checks"),
         }
     }
@@ -797,6 +825,15 @@ fn values_that_violate_the_schema_are_rejected_with_a_clear_message() {
             "at '/watchNamespaces/0'",
         ),
         ("crds:\n  install: \"yes\"\n", "at '/crds/install'"),
+        (
+            "server:\n  maxConnections: 0\n",
+            "at '/server/maxConnections': minimum",
+        ),
+        ("server:\n  writeTimeout: 0s\n", "at '/server/writeTimeout'"),
+        (
+            "server:\n  handshakeTimeout: 10\n",
+            "at '/server/handshakeTimeout'",
+        ),
     ];
     for (values, expected) in cases {
         match try_render("rel", RELEASE_NS, values) {
