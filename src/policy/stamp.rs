@@ -188,7 +188,44 @@ pub fn mutate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Mutation 
 }
 
 /// Validation of a (stamped) key Secret: content, annotation format and tamper rules.
+///
+/// The rotator's own writes are never denied for a problem the stored Secret already had: its
+/// remediation of a key below policy (a Secret the Bindy operator made with a 32-byte key for
+/// hmac-sha512, say) moves the Secret toward policy, and denying it would lock the key below
+/// policy for good. Problems its write would add are still denied.
 pub fn validate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Validation {
+    let validation = validate_secret_alone(change, cfg);
+    let Some(stored) = change
+        .old
+        .filter(|_| change.by_rotator(cfg) && !validation.allowed())
+    else {
+        return validation;
+    };
+    let before = validate_secret_alone(
+        &SecretChange {
+            new: stored,
+            old: None,
+            ..*change
+        },
+        cfg,
+    );
+    let mut findings = Findings::default();
+    for denial in validation.denials {
+        if before.denials.contains(&denial) {
+            findings.warn(format!(
+                "allowed for rndc-warden's own write, which does not make it worse: {denial}"
+            ));
+        } else {
+            findings.deny(denial);
+        }
+    }
+    for warning in validation.warnings {
+        findings.warn(warning);
+    }
+    findings.into()
+}
+
+fn validate_secret_alone(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Validation {
     let new = change.new;
     let mut findings = Findings::default();
     let keys = change.data_keys();

@@ -329,3 +329,47 @@ fn a_stored_count_that_is_not_a_count_can_only_be_changed_by_the_rotator() {
         d.denials
     );
 }
+
+#[test]
+fn the_rotators_write_toward_policy_is_never_denied_for_what_was_already_wrong() {
+    // Bindy's Secret: a 32-byte key, and the owner wants hmac-sha512 (64 bytes).
+    let owner = EffectiveKeyConfig {
+        algorithm: Algorithm::HmacSha512,
+        ..owner(true)
+    };
+    let stored = key_secret(1, &[(CREATED, "2026-01-01T00:00:00Z"), (COUNT, "0")]);
+    let mut relabelled = stored.clone();
+    relabelled
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("bindy.firestoned.io/rndc-key".into(), "true".into());
+    let by = |user: &str| {
+        validate_secret(
+            &change(&relabelled, Some(&stored), user, Some(&owner)),
+            &PolicyConfig::default(),
+        )
+    };
+    assert!(!by("mallory").allowed(), "a user's write keeps the rules");
+    let v = by(ROTATOR);
+    assert!(v.allowed(), "{:?}", v.denials);
+    assert!(
+        v.warnings
+            .iter()
+            .any(|w| w.contains("does not make it worse")),
+        "{:?}",
+        v.warnings
+    );
+    // A problem the rotator's write would add is still denied.
+    let mut broken = relabelled.clone();
+    broken
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(CREATED.into(), "yesterday".into());
+    let v = validate_secret(
+        &change(&broken, Some(&stored), ROTATOR, Some(&owner)),
+        &PolicyConfig::default(),
+    );
+    assert!(!v.allowed());
+}
