@@ -239,7 +239,17 @@ impl RotationEnv {
         &self.env.client
     }
 
+    /// The rotator's flags for standalone use (no Bindy operator): it provisions missing
+    /// managed Secrets itself (`--provision true`).
     pub fn args(&self) -> RotationArgs {
+        RotationArgs {
+            provision: true,
+            ..self.args_beside_bindy()
+        }
+    }
+
+    /// The rotator's flags with the defaults (beside the Bindy operator: no provisioning).
+    pub fn args_beside_bindy(&self) -> RotationArgs {
         RotationArgs {
             lease_namespace: self.ns().to_owned(),
             namespaces: vec![self.ns().to_owned()],
@@ -598,7 +608,7 @@ pub async fn create_key_secret(
         .expect("create key secret")
 }
 
-/// What is wrong with instance `name` (Secret `<name>-rndc`, Deployment `<name>`) against the
+/// What is wrong with instance `name` (Secret `<name>-rndc-key`, Deployment `<name>`) against the
 /// end state of a rotation: a valid `algorithm` key, `count` rotations, the Deployment marker
 /// equal to `rndc-created-at`, and both status blocks mirroring the Secret. Empty when all holds.
 pub fn converged_problems(
@@ -714,7 +724,7 @@ pub async fn all_converged_problems(
         .flat_map(|name| {
             converged_problems(
                 name,
-                secrets.get(&format!("{name}-rndc")),
+                secrets.get(&format!("{name}-rndc-key")),
                 deployments.get(name),
                 instances.get(name),
                 algorithm,
