@@ -27,9 +27,12 @@ pub const RATE_LIMIT: TimeDelta = TimeDelta::hours(1);
 /// `audit` calls a key overdue once it is this late.
 pub const OVERDUE_GRACE: TimeDelta = TimeDelta::hours(1);
 
-/// Formats a time as rndc-warden writes it: RFC 3339, UTC, `Z`, whole seconds.
+/// Formats a time as rndc-warden writes it: RFC 3339, UTC, `Z`, with the sub-second digits the
+/// time has (none for a whole second, else 3, 6 or 9). Keys are told apart by instant: two keys
+/// created within one second get different `rndc-created-at` values (and rollout markers), and
+/// nothing is rounded, so nothing looks like the future.
 pub fn format_time(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Secs, true)
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// Parses an RFC 3339 time (`Z` or any offset, e.g. upstream's `+00:00`).

@@ -414,8 +414,18 @@ fn rotation_status_mirrors_the_annotations() {
 
 #[test]
 fn times_are_written_with_z_and_read_with_any_offset() {
+    // SPEC §6/§11 (changed): instants are kept, never rounded (a rounded time can look like
+    // the future, and two keys of one second would share a revision).
     assert_eq!(
         format_time(at("2026-01-27T15:04:05.123456789+00:00")),
+        "2026-01-27T15:04:05.123456789Z"
+    );
+    assert_eq!(
+        format_time(at("2026-01-27T15:04:05.5+00:00")),
+        "2026-01-27T15:04:05.500Z"
+    );
+    assert_eq!(
+        format_time(at("2026-01-27T15:04:05+00:00")),
         "2026-01-27T15:04:05Z"
     );
     assert_eq!(at("2026-01-27T16:04:05+01:00"), at("2026-01-27T15:04:05Z"));

@@ -23,8 +23,9 @@ use tokio::task::JoinSet;
 use super::exec::PodExec;
 use super::keys::{KeySource, QpsLimiter, generate};
 use super::plan::{
-    SecretUser, annotate_patch, governing, key_status, needs_roll, plan_secret, record_of,
-    record_stale, render_provision, rollout_patch, rotation_patch, seconds_until, status_in_sync,
+    SecretUser, annotate_patch, governing, key_status, needs_roll, needs_roll_after_rotation,
+    plan_secret, record_of, record_stale, render_provision, rollout_patch, rotation_patch,
+    seconds_until, status_in_sync,
 };
 use super::queue::{Taken, WorkQueue};
 use super::reload::ReloadStrategy;
@@ -394,7 +395,9 @@ impl Context {
         match written.get(&key) {
             None => true,
             Some((rv, at)) => {
-                if cached_rv == Some(rv.as_str()) || at.elapsed() > SETTLE_TIMEOUT {
+                if cached_rv.is_some_and(|cached| at_or_after(cached, rv))
+                    || at.elapsed() > SETTLE_TIMEOUT
+                {
                     written.remove(&key);
                     true
                 } else {
@@ -428,6 +431,16 @@ impl Context {
 }
 
 use std::future::Future;
+
+/// Whether the cached resourceVersion `cached` shows our write `ours` or a later one. Versions
+/// are etcd revisions (decimal); a later write by someone else (e.g. a back-dated created-at
+/// right after we provisioned) must not keep the object "unsettled" until the timeout.
+fn at_or_after(cached: &str, ours: &str) -> bool {
+    match (cached.parse::<u64>(), ours.parse::<u64>()) {
+        (Ok(c), Ok(o)) => c >= o,
+        _ => cached == ours,
+    }
+}
 
 pub(super) fn is_status(error: &Error, code: u16) -> bool {
     matches!(error, Error::Kube { source: kube::Error::Api(s), .. } if s.code == code)
@@ -524,7 +537,11 @@ fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>
         .as_ref()
         .and_then(|s| s.metadata.resource_version.clone());
     if !ctx.settled("Secret", namespace, name, secret_rv.as_deref()) {
-        return idle;
+        // Look again soon: the watch shows our write within moments.
+        return Assessment {
+            work: false,
+            next_wake: Some(now + chrono::TimeDelta::seconds(1)),
+        };
     }
     let users: Vec<SecretUser> = members.iter().map(|m| m.user.clone()).collect();
     if secret.is_none()
@@ -1075,7 +1092,11 @@ async fn roll(
         let Some(deployment) = current.as_ref() else {
             return Ok(());
         };
-        let rolls = needs_roll(plan, deployment, secret);
+        let rolls = if after_rotation {
+            needs_roll_after_rotation(deployment, secret)
+        } else {
+            needs_roll(plan, deployment, secret)
+        };
         if !rolls && !record_stale(deployment, secret) {
             return Ok(());
         }

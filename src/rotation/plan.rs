@@ -81,6 +81,13 @@ pub fn record_of(deployment: &Deployment) -> (Option<&str>, Option<u32>) {
 /// A Secret without `rndc-created-at` (a user Secret) is covered by a marker equal to its
 /// fingerprint.
 pub fn pods_on_key(deployment: &Deployment, secret: &Secret) -> bool {
+    pods_on_key_given(deployment, secret, false)
+}
+
+/// [`pods_on_key`] for a Deployment known to have existed before the key was created
+/// (`existed_before`: the rotator saw it before it replaced the key), so its creation time
+/// cannot show that it mounted the key from the start.
+pub fn pods_on_key_given(deployment: &Deployment, secret: &Secret, existed_before: bool) -> bool {
     let fingerprint = key_fingerprint(secret);
     let (recorded, _) = record_of(deployment);
     if recorded.is_some() && recorded == fingerprint.as_deref() {
@@ -88,17 +95,24 @@ pub fn pods_on_key(deployment: &Deployment, secret: &Secret) -> bool {
     }
     let marker = marker_of(deployment);
     let created = crate::policy::KeyAnnotations::of(secret).created_at;
+    // A record naming another key contradicts a marker equal to this key's creation time (two
+    // keys created at the same instant); a marker written after the key (the Bindy operator's
+    // `now()`) still covers it.
+    let contradicted = recorded.is_some() && recorded != fingerprint.as_deref();
     match (marker, created) {
         (Some(marker), Some(created)) => {
-            parse_time(marker).is_some_and(|m| m >= created)
+            parse_time(marker).is_some_and(|m| m > created || (m == created && !contradicted))
                 || fingerprint.as_deref() == Some(marker)
         }
         (Some(marker), None) => fingerprint.as_deref() == Some(marker),
-        (None, Some(created)) => deployment
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .is_some_and(|t| t.0.as_second() >= created.timestamp()),
+        (None, Some(created)) => {
+            !existed_before
+                && deployment
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .is_some_and(|t| t.0.as_second() >= created.timestamp())
+        }
         (None, None) => true,
     }
 }
@@ -452,6 +466,12 @@ pub fn marker_of(deployment: &Deployment) -> Option<&str> {
 /// rndc-warden restarts nothing.
 pub fn needs_roll(plan: &RotationPlan, deployment: &Deployment, secret: &Secret) -> bool {
     plan.marker.is_some() && !pods_on_key(deployment, secret)
+}
+
+/// [`needs_roll`] right after the rotator replaced the key itself: every Deployment it saw
+/// before the write is older than the new key, even one created in the same second.
+pub fn needs_roll_after_rotation(deployment: &Deployment, secret: &Secret) -> bool {
+    !pods_on_key_given(deployment, secret, true)
 }
 
 /// The status block rndc-warden shows for a Secret, in the Bindy operator's exact format
@@ -1192,6 +1212,11 @@ mod tests {
         assert!(pods_on_key(&deployment(now().timestamp(), None), &s));
         assert!(pods_on_key(&deployment(now().timestamp() + 3, None), &s));
         assert!(!pods_on_key(&deployment(now().timestamp() - 1, None), &s));
+        // ... unless the rotator replaced the key after it saw the Deployment.
+        assert!(needs_roll_after_rotation(
+            &deployment(now().timestamp(), None),
+            &s
+        ));
     }
 
     #[test]
@@ -1211,6 +1236,10 @@ mod tests {
             assert!(pods_on_key(&d, &e), "{edited}");
             assert!(!record_stale(&d, &e));
         }
+        // A new key created at the same instant as the recorded one: the record decides.
+        let mut same_instant = s.clone();
+        same_instant.data = Some(key(Algorithm::HmacSha256, 2).into_data());
+        assert!(!pods_on_key(&d, &same_instant));
         // A new key (same created-at): roll.
         let mut new_key = s.clone();
         new_key.data = Some(key(Algorithm::HmacSha256, 1).into_data());

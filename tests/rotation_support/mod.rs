@@ -99,6 +99,13 @@ impl RotationEnv {
         crds: &str,
         rules: Vec<PolicyRule>,
     ) -> RotationEnv {
+        if let Some(filter) = std::env::var_os("E2E_LOG") {
+            // Logs of the in-process rotator, e.g. E2E_LOG=rndc_warden=debug.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter.to_string_lossy()))
+                .with_test_writer()
+                .try_init();
+        }
         let env = TestEnv::new(name).await.expect("test env");
         apply_crds(&env.client, crds, WAIT).await.expect("CRDs");
         let role_name = format!("rotator-{}", env.ns.name());
