@@ -6,16 +6,20 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
-use crate::api::{Bind9Cluster, Bind9Instance};
+use crate::api::{Bind9Cluster, Bind9Instance, EVENT_RNDC_KEY_ROTATION_FAILED};
 use crate::config::PolicyArgs;
 use crate::policy::{
-    KeyAnnotations, PolicyConfig, audit, effective_config, format_time, key_facts,
+    AuditFinding, KeyAnnotations, PolicyConfig, Verdict, audit, effective_config, format_time,
+    key_facts,
 };
+use crate::rotation::naming::{self, mounted_rndc_secret};
 
 /// Output formats of `audit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,9 +55,34 @@ pub struct AuditArgs {
         default_value = "table"
     )]
     pub output: Output,
+    /// Name of the Deployment an instance runs in (`{instance}` is replaced), as the rotator's
+    /// flag of the same name: its RNDC key volume names the Secret a generated key lives in.
+    #[arg(
+        long,
+        env = "RNDC_WARDEN_DEPLOYMENT_NAME_TEMPLATE",
+        default_value = "{instance}"
+    )]
+    pub deployment_name_template: String,
     /// Defaults and policy (must match the rotator's).
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+/// What the cluster holds for the report, besides the policy.
+#[derive(Debug, Default, Clone)]
+pub struct Inventory {
+    /// Every `Bind9Instance`.
+    pub instances: Vec<Bind9Instance>,
+    /// Every `Bind9Cluster`.
+    pub clusters: Vec<Bind9Cluster>,
+    /// Every Secret (the key Secrets among them are found by name).
+    pub secrets: Vec<Secret>,
+    /// Every Deployment (an instance's RNDC volume names its generated key's Secret).
+    pub deployments: Vec<Deployment>,
+    /// The latest `RndcKeyRotationFailed` Event per instance (namespace, name): when and why.
+    pub failures: BTreeMap<(String, String), (DateTime<Utc>, String)>,
+    /// `{instance}` template of Deployment names.
+    pub deployment_name_template: String,
 }
 
 /// One line of the report.
@@ -76,30 +105,38 @@ pub struct Row {
     pub next_rotation: String,
     /// `rndc-rotation-count`.
     pub rotations: String,
-    /// `OK`, `OVERDUE`, `NOT-ROTATING`, `WEAK-ALGORITHM` or `USER-MANAGED`.
+    /// `OK`, `OVERDUE`, `NOT-ROTATING`, `WEAK-ALGORITHM`, `USER-MANAGED` or `FAIL`.
     pub verdict: String,
     /// One sentence of detail.
     pub detail: String,
 }
 
-/// Builds the report rows (pure: the objects, the policy and `now` are passed in).
-pub fn rows(
-    instances: &[Bind9Instance],
-    clusters: &[Bind9Cluster],
-    secrets: &[Secret],
-    policy: &PolicyConfig,
-    now: DateTime<Utc>,
-) -> Vec<Row> {
-    let clusters: BTreeMap<(String, String), &Bind9Cluster> = clusters
+/// Builds the report rows (pure: the objects, the policy and `now` are passed in). Each
+/// instance's Secret is found as the rotator finds it ([`crate::rotation::naming`]); a stored key
+/// below policy, or a rotation failure reported after the current key was created, is `FAIL`.
+pub fn rows(inventory: &Inventory, policy: &PolicyConfig, now: DateTime<Utc>) -> Vec<Row> {
+    let clusters: BTreeMap<(String, String), &Bind9Cluster> = inventory
+        .clusters
         .iter()
         .map(|c| ((c.namespace().unwrap_or_default(), c.name_any()), c))
         .collect();
-    let secrets: BTreeMap<(String, String), &Secret> = secrets
+    let secrets: BTreeMap<(String, String), &Secret> = inventory
+        .secrets
         .iter()
         .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s))
         .collect();
+    let deployments: BTreeMap<(String, String), &Deployment> = inventory
+        .deployments
+        .iter()
+        .map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), d))
+        .collect();
+    let template = if inventory.deployment_name_template.is_empty() {
+        "{instance}"
+    } else {
+        inventory.deployment_name_template.as_str()
+    };
     let mut out = Vec::new();
-    for instance in instances {
+    for instance in &inventory.instances {
         let namespace = instance.namespace().unwrap_or_default();
         let name = instance.name_any();
         let cluster = instance
@@ -107,8 +144,12 @@ pub fn rows(
             .cluster_ref
             .as_deref()
             .and_then(|c| clusters.get(&(namespace.clone(), c.to_owned())).copied());
+        let deployment_name = template.replace("{instance}", &name);
+        let mounted = deployments
+            .get(&(namespace.clone(), deployment_name))
+            .and_then(|d| mounted_rndc_secret(d));
         let config = match effective_config(instance, cluster, policy) {
-            Ok(c) => c,
+            Ok(c) => naming::resolve(c, mounted),
             Err(e) => {
                 out.push(Row {
                     namespace,
@@ -128,7 +169,29 @@ pub fn rows(
         let secret = secrets
             .get(&(namespace.clone(), config.secret_name.clone()))
             .copied();
-        let finding = audit(&config, secret, now, policy);
+        let mut finding = audit(&config, secret, now, policy);
+        let key_created = secret.and_then(|s| KeyAnnotations::of(s).created_at);
+        if finding.verdict != Verdict::Fail
+            && config.is_managed()
+            && let Some((at, note)) = inventory.failures.get(&(namespace.clone(), name.clone()))
+            && key_created.is_none_or(|created| *at >= created)
+        {
+            finding = AuditFinding {
+                verdict: Verdict::Fail,
+                due_at: finding.due_at,
+                detail: format!(
+                    "rotation failing since the key was created ({}): {note}",
+                    format_time(*at)
+                ),
+            };
+        }
+        if secret.is_none() && config.is_managed() && finding.verdict == Verdict::Overdue {
+            finding.detail = format!(
+                "Secret {} does not exist (the Bindy operator creates it; or run the rotator with \
+                 provision enabled)",
+                config.secret_name
+            );
+        }
         let annotations = secret.map(KeyAnnotations::of);
         let algorithm = secret
             .and_then(|s| key_facts(s, policy).0.algorithm)
@@ -242,41 +305,99 @@ pub fn render(rows: &[Row], output: Output) -> String {
     }
 }
 
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The latest `RndcKeyRotationFailed` Event of each instance (best effort: an identity that
+/// may not list Events gets none).
+async fn failures(
+    client: &Client,
+    namespace: Option<&str>,
+) -> BTreeMap<(String, String), (DateTime<Utc>, String)> {
+    let events = match api::<Event>(client, namespace)
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => list.items,
+        Err(error) => {
+            tracing::debug!(%error, "listing Events failed; rotation failures are not reported");
+            return BTreeMap::new();
+        }
+    };
+    let mut out: BTreeMap<(String, String), (DateTime<Utc>, String)> = BTreeMap::new();
+    for event in events {
+        if event.reason.as_deref() != Some(EVENT_RNDC_KEY_ROTATION_FAILED) {
+            continue;
+        }
+        let Some(regarding) = event.regarding.as_ref() else {
+            continue;
+        };
+        if regarding.kind.as_deref() != Some("Bind9Instance") {
+            continue;
+        }
+        let at = event
+            .series
+            .as_ref()
+            .map(|s| s.last_observed_time.0)
+            .or(event.event_time.as_ref().map(|t| t.0))
+            .or(event.deprecated_last_timestamp.as_ref().map(|t| t.0))
+            .and_then(|t| {
+                DateTime::<Utc>::from_timestamp(t.as_second(), t.subsec_nanosecond() as u32)
+            });
+        let (Some(at), Some(ns), Some(name)) =
+            (at, regarding.namespace.clone(), regarding.name.clone())
+        else {
+            continue;
+        };
+        let note = event.note.clone().unwrap_or_default();
+        let entry = out.entry((ns, name)).or_insert((at, note.clone()));
+        if at > entry.0 {
+            *entry = (at, note);
+        }
+    }
+    out
+}
+
 /// Lists what the report needs from the cluster.
 pub async fn collect(
     client: &Client,
     namespace: Option<&str>,
     policy: &PolicyConfig,
+    deployment_name_template: &str,
 ) -> Result<Vec<Row>, kube::Error> {
     let lp = ListParams::default();
-    let (instances, clusters, secrets) = match namespace {
-        Some(ns) => (
-            Api::<Bind9Instance>::namespaced(client.clone(), ns)
-                .list(&lp)
-                .await?
-                .items,
-            Api::<Bind9Cluster>::namespaced(client.clone(), ns)
-                .list(&lp)
-                .await?
-                .items,
-            Api::<Secret>::namespaced(client.clone(), ns)
-                .list(&lp)
-                .await?
-                .items,
-        ),
-        None => (
-            Api::<Bind9Instance>::all(client.clone())
-                .list(&lp)
-                .await?
-                .items,
-            Api::<Bind9Cluster>::all(client.clone())
-                .list(&lp)
-                .await?
-                .items,
-            Api::<Secret>::all(client.clone()).list(&lp).await?.items,
-        ),
+    let inventory = Inventory {
+        instances: api::<Bind9Instance>(client, namespace)
+            .list(&lp)
+            .await?
+            .items,
+        clusters: api::<Bind9Cluster>(client, namespace)
+            .list(&lp)
+            .await?
+            .items,
+        secrets: api::<Secret>(client, namespace).list(&lp).await?.items,
+        deployments: match api::<Deployment>(client, namespace).list(&lp).await {
+            Ok(list) => list.items,
+            Err(error) => {
+                eprintln!(
+                    "warning: cannot list Deployments ({error}); key Secrets are named by the \
+                     template, not by the Secret each instance's pods mount"
+                );
+                Vec::new()
+            }
+        },
+        failures: failures(client, namespace).await,
+        deployment_name_template: deployment_name_template.to_owned(),
     };
-    Ok(rows(&instances, &clusters, &secrets, policy, Utc::now()))
+    Ok(rows(&inventory, policy, Utc::now()))
 }
 
 /// Runs `audit`; exit code 0 when every row is OK or USER-MANAGED, 1 otherwise, 2 on errors.
@@ -291,7 +412,14 @@ pub fn run(args: &AuditArgs) -> ExitCode {
                     .unwrap_or_else(|| client.default_namespace().to_owned()),
             )
         };
-        match collect(&client, namespace.as_deref(), &policy).await {
+        match collect(
+            &client,
+            namespace.as_deref(),
+            &policy,
+            &args.deployment_name_template,
+        )
+        .await
+        {
             Ok(rows) => {
                 print!("{}", render(&rows, args.output));
                 let clean = rows
@@ -351,7 +479,19 @@ mod tests {
         s.metadata.name = Some(name.into());
         s.metadata.namespace = Some("dns".into());
         s.metadata.annotations = Some(rotation_annotations(created, count, None));
+        s.metadata.labels = Some(BTreeMap::from([(
+            crate::api::LABEL_RNDC_KEY.to_owned(),
+            crate::api::LABEL_RNDC_KEY_VALUE.to_owned(),
+        )]));
         s
+    }
+
+    fn inventory(instances: &[Bind9Instance], secrets: &[Secret]) -> Inventory {
+        Inventory {
+            instances: instances.to_vec(),
+            secrets: secrets.to_vec(),
+            ..Inventory::default()
+        }
     }
 
     fn rotating(after: &str) -> Option<RndcKeyConfig> {
@@ -379,21 +519,25 @@ mod tests {
         ];
         let secrets = [
             secret(
-                "ok-rndc",
+                "ok-rndc-key",
                 Algorithm::HmacSha256,
                 now() - TimeDelta::days(1),
                 3,
             ),
             secret(
-                "late-rndc",
+                "late-rndc-key",
                 Algorithm::HmacSha256,
                 now() - TimeDelta::days(3),
                 0,
             ),
-            secret("manual-rndc", Algorithm::HmacSha256, now(), 0),
+            secret("manual-rndc-key", Algorithm::HmacSha256, now(), 0),
             secret("mine", Algorithm::HmacSha256, now(), 0),
         ];
-        let rows = rows(&instances, &[], &secrets, &PolicyConfig::default(), now());
+        let rows = rows(
+            &inventory(&instances, &secrets),
+            &PolicyConfig::default(),
+            now(),
+        );
         let verdicts: Vec<(&str, &str)> = rows
             .iter()
             .map(|r| (r.instance.as_str(), r.verdict.as_str()))
@@ -416,9 +560,10 @@ mod tests {
     #[test]
     fn a_weak_stored_algorithm_is_flagged() {
         let rows = rows(
-            &[instance("old", rotating("30d"))],
-            &[],
-            &[secret("old-rndc", Algorithm::HmacSha1, now(), 0)],
+            &inventory(
+                &[instance("old", rotating("30d"))],
+                &[secret("old-rndc-key", Algorithm::HmacSha1, now(), 0)],
+            ),
             &PolicyConfig::default(),
             now(),
         );
@@ -429,9 +574,7 @@ mod tests {
     #[test]
     fn renderings_carry_every_row() {
         let rows = rows(
-            &[instance("a", rotating("30d"))],
-            &[],
-            &[],
+            &inventory(&[instance("a", rotating("30d"))], &[]),
             &PolicyConfig::default(),
             now(),
         );

@@ -125,6 +125,22 @@ pub struct StartedCache {
     pub tasks: Vec<CacheTask>,
 }
 
+/// How long one attempt at the initial list may take before the watch is started again with
+/// the other list semantic.
+const INITIAL_LIST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a watch error is HTTP 410 Gone / `Expired` (the resourceVersion the watch resumes
+/// from is older than what the apiserver keeps).
+fn is_expired(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::WatchFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::InitialListFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => error.to_string().contains("Expired"),
+    }
+}
+
 fn reflect<K>(
     api: Api<K>,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -140,27 +156,84 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
-    // The initial list is served from the apiserver's watch cache (`any_semantic`): a consistent
-    // list of a CRD installed moments before can wait on that cache for minutes, which kept
-    // `/readyz` false. A slightly stale start is harmless: the watch catches up at once, the
-    // rotator re-derives every decision on each pass, and its writes carry resourceVersion
-    // preconditions.
-    let stream = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(shrink)
-        .reflect(writer);
+    let (reader, mut writer) = reflector::store();
+    // Readiness must not depend on luck with a CRD installed moments before (issue 12, 11):
+    // - the first list is served from the apiserver's watch cache (`any_semantic`): a
+    //   consistent list of a brand-new CRD can wait on that cache for minutes;
+    // - such a list can be older than what the watch cache then keeps, and the watch from its
+    //   resourceVersion fails with 410 `Expired` again and again (every re-list is served the
+    //   same stale version). On `Expired` the watch starts over with a consistent list (no
+    //   resourceVersion), which the apiserver answers from etcd or a current cache;
+    // - an attempt whose initial list has not completed within INITIAL_LIST_DEADLINE starts
+    //   over with the other semantic.
+    // The store is ready after the first complete list of either kind.
     let task = async move {
         let kind = K::kind(&());
-        let mut stream = std::pin::pin!(stream.take_until(stop));
-        while let Some(event) = stream.next().await {
-            if let Err(error) = event {
-                tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
+        let mut stop = std::pin::pin!(stop);
+        let mut consistent = false;
+        loop {
+            let config = if consistent {
+                watcher::Config::default()
+            } else {
+                watcher::Config::default().any_semantic()
+            };
+            let stream = watcher(api.clone(), config)
+                .default_backoff()
+                .modify(shrink);
+            let mut stream = std::pin::pin!(stream);
+            let started = tokio::time::Instant::now();
+            let mut listed = false;
+            let restart = loop {
+                let deadline = started + INITIAL_LIST_DEADLINE;
+                let next = tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep_until(deadline), if !listed => None,
+                    next = stream.next() => Some(next),
+                };
+                let Some(next) = next else {
+                    tracing::warn!(%kind, consistent, "initial list not complete after {INITIAL_LIST_DEADLINE:?}; listing again");
+                    break true;
+                };
+                match next {
+                    None => break true,
+                    Some(Ok(event)) => {
+                        if matches!(event, watcher::Event::InitDone) {
+                            listed = true;
+                        }
+                        writer.apply_watcher_event(&event);
+                    }
+                    Some(Err(error)) if is_expired(&error) => {
+                        tracing::info!(%kind, %error, "watch expired; listing again from the current state");
+                        consistent = true;
+                        break false;
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
+                    }
+                }
+                changed.notify_one();
+            };
+            if restart {
+                consistent = !consistent;
             }
             changed.notify_one();
         }
     };
     (reader, Box::pin(task))
+}
+
+/// Waits until `store` has its first complete list, calling `still` every 10 s meanwhile.
+async fn wait_logged<K>(store: &Store<K>, still: impl Fn())
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut ready = std::pin::pin!(store.wait_until_ready());
+    loop {
+        tokio::select! {
+            _ = &mut ready => return,
+            () = tokio::time::sleep(INITIAL_LIST_DEADLINE) => still(),
+        }
+    }
 }
 
 impl ClusterCache {
@@ -233,14 +306,18 @@ impl ClusterCache {
         let mut ready_stop = stop();
         tasks.push(Box::pin(async move {
             let synced = async {
+                let started = tokio::time::Instant::now();
+                let waited = |kind: &'static str| {
+                    tracing::warn!(kind, waited = ?started.elapsed(), "watch cache not synced yet");
+                };
                 for store in &waiting.instances {
-                    let _ = store.wait_until_ready().await;
+                    wait_logged(store, || waited("Bind9Instance")).await;
                 }
                 for store in &waiting.clusters {
-                    let _ = store.wait_until_ready().await;
+                    wait_logged(store, || waited("Bind9Cluster")).await;
                 }
                 if let Some(providers) = &waiting.providers {
-                    let _ = providers.wait_until_ready().await;
+                    wait_logged(providers, || waited("ClusterBind9Provider")).await;
                 }
                 tracing::info!("watch caches synced");
                 readiness.set_caches_synced();

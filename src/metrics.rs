@@ -149,6 +149,9 @@ pub struct Metrics {
     pub rotations: Family<ResultLabels, Counter>,
     /// Seconds until each rotating instance's key is due (negative when overdue).
     pub rotation_seconds_until: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while the instance's stored key is below policy (too short, missing data keys or
+    /// label, another algorithm than configured), 0 otherwise.
+    pub key_below_policy: Family<InstanceLabels, Gauge>,
     /// 1 while this replica holds the rotator Lease.
     pub rotator_leader: Gauge,
     /// Failed rotator API requests by verb.
@@ -220,8 +223,14 @@ impl Metrics {
         let rotation_seconds_until = Family::<InstanceLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "rndc_warden_rotation_seconds_until",
-            "Seconds until the instance's RNDC key is due for rotation",
+            "Seconds until the instance's RNDC key is due for rotation (negative when overdue)",
             rotation_seconds_until.clone(),
+        );
+        let key_below_policy = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "rndc_warden_key_below_policy",
+            "Whether the instance's stored RNDC key is below policy (1) or not (0)",
+            key_below_policy.clone(),
         );
         let rotator_leader = Gauge::default();
         registry.register(
@@ -246,6 +255,7 @@ impl Metrics {
             secret_reloads,
             rotations,
             rotation_seconds_until,
+            key_below_policy,
             rotator_leader,
             rotator_api_errors,
             admission_requests,

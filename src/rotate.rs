@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::Args;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -15,7 +16,10 @@ use serde_json::json;
 
 use crate::api::{ANNOTATION_CREATED_AT, Bind9Cluster, Bind9Instance};
 use crate::config::PolicyArgs;
-use crate::policy::{KeyAnnotations, PolicyConfig, RATE_LIMIT, effective_config, format_time};
+use crate::policy::{
+    KeyAnnotations, PolicyConfig, RATE_LIMIT, Verdict, audit, effective_config, format_time,
+};
+use crate::rotation::naming::{self, mounted_rndc_secret};
 
 /// Flags of `rotate`.
 #[derive(Debug, Clone, Args)]
@@ -28,6 +32,14 @@ pub struct RotateArgs {
     /// Rotate even if the key is less than an hour old (the rate limit).
     #[arg(long, env = "RNDC_WARDEN_FORCE", default_value_t = false)]
     pub force: bool,
+    /// Name of the Deployment an instance runs in (`{instance}` is replaced), as the rotator's
+    /// flag of the same name: its RNDC key volume names the Secret a generated key lives in.
+    #[arg(
+        long,
+        env = "RNDC_WARDEN_DEPLOYMENT_NAME_TEMPLATE",
+        default_value = "{instance}"
+    )]
+    pub deployment_name_template: String,
     /// Defaults and policy (must match the rotator's).
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -74,8 +86,27 @@ pub enum RotateError {
     )]
     NotRotating(String),
     /// The Secret does not exist yet.
-    #[error("Secret {0} does not exist yet; the rotator creates it with a fresh key")]
+    #[error(
+        "Secret {0} does not exist yet; the Bindy operator creates it (or the rotator, when it runs \
+         with --provision true), with a fresh key"
+    )]
     NoSecret(String),
+    /// The stored key is below policy: the rotator replaces it on its own, whatever its age, so
+    /// back-dating cannot help; when it stays, the rotator's replacement keeps failing.
+    #[error(
+        "the key in Secret {secret} is below policy ({reason}); the rotator replaces such a key at \
+         once without a request. If it is still there, the replacement keeps failing: see \
+         `kubectl get events -n {namespace} --field-selector reason=RndcKeyRotationFailed` and the \
+         rotator's log"
+    )]
+    BelowPolicy {
+        /// The Secret.
+        secret: String,
+        /// Its namespace.
+        namespace: String,
+        /// Why (fields and rules, never key material).
+        reason: String,
+    },
     /// The rate limit refuses the request.
     #[error(
         "the key in Secret {secret} was created at {created_at}, less than an hour ago; rotations are \
@@ -94,7 +125,8 @@ pub enum RotateError {
     Kube(#[from] kube::Error),
 }
 
-/// Requests an immediate rotation of `instance`'s key in `namespace`.
+/// Requests an immediate rotation of `instance`'s key in `namespace` (its Deployment named
+/// `{instance}`).
 pub async fn request(
     client: &Client,
     namespace: &str,
@@ -102,6 +134,28 @@ pub async fn request(
     force: bool,
     policy: &PolicyConfig,
     now: DateTime<Utc>,
+) -> Result<Requested, RotateError> {
+    request_with(
+        client,
+        namespace,
+        instance,
+        force,
+        policy,
+        now,
+        "{instance}",
+    )
+    .await
+}
+
+/// [`request`] with the Deployment name template of the rotator.
+pub async fn request_with(
+    client: &Client,
+    namespace: &str,
+    instance: &str,
+    force: bool,
+    policy: &PolicyConfig,
+    now: DateTime<Utc>,
+    deployment_name_template: &str,
 ) -> Result<Requested, RotateError> {
     let qualified = format!("{namespace}/{instance}");
     let instances: Api<Bind9Instance> = Api::namespaced(client.clone(), namespace);
@@ -122,6 +176,19 @@ pub async fn request(
             instance: qualified.clone(),
             reason: e.to_string(),
         })?;
+    // The Secret the rotator works on: the one the instance's Deployment mounts, if readable.
+    let deployment_name = deployment_name_template.replace("{instance}", instance);
+    let deployment = match Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get_opt(&deployment_name)
+        .await
+    {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::debug!(%error, "reading the Deployment failed; using the Secret name template");
+            None
+        }
+    };
+    let config = naming::resolve(config, deployment.as_ref().and_then(mounted_rndc_secret));
     let secret_name = format!("{namespace}/{}", config.secret_name);
     if !config.is_managed() {
         return Err(RotateError::UserManaged(secret_name));
@@ -139,6 +206,14 @@ pub async fn request(
             .get_opt(&config.secret_name)
             .await?
             .ok_or_else(|| RotateError::NoSecret(secret_name.clone()))?;
+        let finding = audit(&config, Some(&secret), now, policy);
+        if finding.verdict == Verdict::Fail {
+            return Err(RotateError::BelowPolicy {
+                secret: secret_name,
+                namespace: namespace.to_owned(),
+                reason: finding.detail,
+            });
+        }
         let created = KeyAnnotations::of(&secret).created_at;
         if let Some(created) = created
             && !force
@@ -191,13 +266,14 @@ pub fn run(args: &RotateArgs) -> ExitCode {
             .namespace
             .clone()
             .unwrap_or_else(|| client.default_namespace().to_owned());
-        match request(
+        match request_with(
             &client,
             &namespace,
             &args.instance,
             args.force,
             &policy,
             Utc::now(),
+            &args.deployment_name_template,
         )
         .await
         {

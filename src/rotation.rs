@@ -21,6 +21,7 @@
 mod engine;
 pub mod exec;
 mod keys;
+pub mod naming;
 pub mod plan;
 mod queue;
 pub mod reload;
@@ -73,8 +74,10 @@ pub struct RotationArgs {
     /// This replica's identity in the Lease and in Events (default: `$HOSTNAME` plus a random suffix).
     #[arg(long, env = "RNDC_WARDEN_IDENTITY")]
     pub identity: Option<String>,
-    /// Create missing managed key Secrets (turn off where the Bindy operator already creates them).
-    #[arg(long, env = "RNDC_WARDEN_PROVISION", default_value_t = true, action = ArgAction::Set)]
+    /// Create missing managed key Secrets. Off by default: beside the Bindy operator (the normal
+    /// case) the operator creates every managed Secret (generated and inline) and rndc-warden
+    /// takes it over. Turn on only for standalone use without the operator.
+    #[arg(long, env = "RNDC_WARDEN_PROVISION", default_value_t = false, action = ArgAction::Set)]
     pub provision: bool,
     /// Full re-evaluation period, on top of watch events and due times.
     #[arg(long, env = "RNDC_WARDEN_RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
@@ -152,7 +155,7 @@ impl Default for RotationArgs {
             lease_duration: Duration::from_secs(15),
             lease_grace: Duration::from_secs(5),
             identity: None,
-            provision: true,
+            provision: false,
             resync_period: Duration::from_secs(300),
             concurrency: 8,
             client_qps: 50.0,
@@ -439,7 +442,7 @@ mod tests {
         let cli = Cli::try_parse_from(["x"]).expect("parses");
         assert!(cli.args.validate().is_ok());
         assert_eq!(cli.args.lease_duration, Duration::from_secs(15));
-        assert!(cli.args.provision && cli.args.leader_election);
+        assert!(!cli.args.provision && cli.args.leader_election);
         assert_eq!(cli.args.deployment_name("dns-1"), "dns-1");
     }
 
@@ -484,12 +487,12 @@ mod tests {
         let cli = Cli::try_parse_from([
             "x",
             "--provision",
-            "false",
+            "true",
             "--deployment-name-template",
             "{instance}-bind",
         ])
         .expect("parses");
-        assert!(!cli.args.provision);
+        assert!(cli.args.provision);
         assert_eq!(cli.args.deployment_name("a"), "a-bind");
     }
 }

@@ -1380,8 +1380,9 @@ async fn helm_install_serves_admission_as_the_chart_service_account_and_upgrade_
         .expect("workload namespace");
     let release_ns = env.ns.name().to_owned();
     let (port, probe) = (free_port(), free_port());
+    // Standalone (no Bindy operator here): the rotator creates the managed Secrets itself.
     let values = values_file(&format!(
-        "webhook:\n  url: https://127.0.0.1:{port}\n  namespaceSelector:\n    matchLabels:\n      {}: {}\n",
+        "webhook:\n  url: https://127.0.0.1:{port}\n  namespaceSelector:\n    matchLabels:\n      {}: {}\nrotation:\n  provision: true\n",
         rndc_warden_testkit::TEST_ID_LABEL,
         workload.name()
     ));
@@ -1489,7 +1490,7 @@ async fn helm_install_serves_admission_as_the_chart_service_account_and_upgrade_
             .kubectl([
                 "get",
                 "secret",
-                "bare-rndc",
+                "bare-rndc-key",
                 "-n",
                 workload.name(),
                 "-o",
@@ -1502,7 +1503,7 @@ async fn helm_install_serves_admission_as_the_chart_service_account_and_upgrade_
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "the rotator never provisioned bare-rndc: {}\n{}",
+            "the rotator never provisioned bare-rndc-key: {}\n{}",
             out.stderr,
             warden.logs()
         );
@@ -1661,6 +1662,146 @@ async fn helm_install_serves_admission_as_the_chart_service_account_and_upgrade_
     assert!(
         ok,
         "nothing intercepts Bindy objects after uninstall: {output}"
+    );
+}
+
+/// Issue 12 (10): the README's plain `helm install` on a cluster where the Bindy operator already
+/// installed its CRDs. The default `crds.install: true` leaves CRDs that belong to no release of
+/// this chart alone (it used to fail with "exists and cannot be imported into the current
+/// release"), installs the ones that are missing, and uninstall leaves the operator's CRDs. A
+/// control plane of its own: CRDs are cluster-wide and the other install test owns the shared
+/// one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_helm_install_beside_bindys_crds_leaves_them_alone() {
+    let cp = rndc_warden_testkit::ControlPlane::start()
+        .await
+        .expect("control plane");
+    let fixtures = root().join("tests/fixtures/upstream-crds");
+    for file in ["bind9instances.crd.yaml", "bind9clusters.crd.yaml"] {
+        let out = cp
+            .kubectl(["apply", "-f", path_str(&fixtures.join(file))])
+            .await
+            .expect("kubectl runs");
+        assert!(out.success(), "{}", out.stderr);
+    }
+    let crd = |name: &'static str| {
+        let cp = &cp;
+        async move {
+            let out = cp
+                .kubectl(["get", "crd", name, "-o", "json"])
+                .await
+                .expect("kubectl runs");
+            out.success()
+                .then(|| serde_json::from_str::<Value>(&out.stdout).expect("JSON"))
+        }
+    };
+    let before = crd("bind9instances.bindy.firestoned.io")
+        .await
+        .expect("Bindy's CRD");
+    let out = cp
+        .helm([
+            "install",
+            "rndc-warden",
+            path_str(&chart_dir()),
+            "--namespace",
+            "rndc-warden",
+            "--create-namespace",
+        ])
+        .await
+        .expect("helm runs");
+    assert!(
+        out.success() && out.stdout.contains("STATUS: deployed"),
+        "the plain helm install fails beside Bindy's CRDs:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    for name in [
+        "bind9instances.bindy.firestoned.io",
+        "bind9clusters.bindy.firestoned.io",
+    ] {
+        let now = crd(name).await.expect("still there");
+        assert_eq!(
+            now["metadata"]["annotations"]["meta.helm.sh/release-name"],
+            Value::Null,
+            "{name} was taken over by the release"
+        );
+    }
+    assert_eq!(
+        crd("bind9instances.bindy.firestoned.io")
+            .await
+            .expect("crd")["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"],
+        "Bindy's CRD was not modified"
+    );
+    // The CRD Bindy's fixture set lacks is installed by the release.
+    let provider = crd("clusterbind9providers.bindy.firestoned.io")
+        .await
+        .expect("missing CRD installed");
+    assert_eq!(
+        provider["metadata"]["annotations"]["meta.helm.sh/release-name"],
+        "rndc-warden"
+    );
+    // Upgrade keeps leaving them alone; uninstall leaves Bindy's CRDs in place.
+    let out = cp
+        .helm([
+            "upgrade",
+            "rndc-warden",
+            path_str(&chart_dir()),
+            "--namespace",
+            "rndc-warden",
+        ])
+        .await
+        .expect("helm runs");
+    assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
+    let out = cp
+        .helm(["uninstall", "rndc-warden", "--namespace", "rndc-warden"])
+        .await
+        .expect("helm runs");
+    assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(crd("bind9instances.bindy.firestoned.io").await.is_some());
+}
+
+#[test]
+fn the_documented_command_line_for_the_secret_name_template_works() {
+    // `--set` parses `{...}` as a list; the documented forms are --set-json and values files.
+    let chart = chart_dir();
+    let broken = helm(&[
+        "template",
+        "x",
+        path_str(&chart),
+        "--set",
+        "policy.secretNameTemplate={instance}-rndc",
+    ]);
+    assert!(!broken.ok, "--set with braces is expected to fail");
+    let out = helm(&[
+        "template",
+        "x",
+        path_str(&chart),
+        "--set-json",
+        "policy.secretNameTemplate=\"{instance}-rndc\"",
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("value: \"{instance}-rndc\""),
+        "{}",
+        out.stdout
+    );
+    // And the defaults need no setting at all.
+    let defaults = render("");
+    let env = defaults.env();
+    assert_eq!(
+        env.get("RNDC_WARDEN_SECRET_NAME_TEMPLATE")
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("{instance}-rndc-key")
+    );
+    assert_eq!(
+        env.get("RNDC_WARDEN_PROVISION")
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("false")
     );
 }
 

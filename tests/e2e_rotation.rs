@@ -38,7 +38,7 @@ async fn auto_mode_provisions_then_rotates_with_the_algorithm_length_and_rolls_t
     .await;
     let rotator = t.start();
 
-    let first = wait_secret(&c, &ns, "dns-a-rndc", "provisioned", |s| {
+    let first = wait_secret(&c, &ns, "dns-a-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
@@ -64,8 +64,8 @@ async fn auto_mode_provisions_then_rotates_with_the_algorithm_length_and_rolls_t
     );
 
     // The manual trigger: back-date created-at past rotateAfter.
-    back_date(&c, &ns, "dns-a-rndc", Utc::now() - TimeDelta::hours(2)).await;
-    let rotated = wait_secret(&c, &ns, "dns-a-rndc", "rotated", |s| count(s) == 1).await;
+    back_date(&c, &ns, "dns-a-rndc-key", Utc::now() - TimeDelta::hours(2)).await;
+    let rotated = wait_secret(&c, &ns, "dns-a-rndc-key", "rotated", |s| count(s) == 1).await;
     assert_eq!(key_bytes(&rotated).len(), 64);
     assert_ne!(
         key_bytes(&rotated),
@@ -126,7 +126,7 @@ async fn named_accepts_the_rotated_key_and_refuses_the_previous_one() {
     )
     .await;
     let rotator = t.start();
-    let first = wait_secret(&c, &ns, "dns-n-rndc", "provisioned", |s| {
+    let first = wait_secret(&c, &ns, "dns-n-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
@@ -136,8 +136,8 @@ async fn named_accepts_the_rotated_key_and_refuses_the_previous_one() {
         .expect("named with the provisioned key");
     assert!(named.rndc_status_with(&old_key).await.expect("rndc"));
 
-    back_date(&c, &ns, "dns-n-rndc", Utc::now() - TimeDelta::hours(25)).await;
-    let rotated = wait_secret(&c, &ns, "dns-n-rndc", "rotated", |s| count(s) == 1).await;
+    back_date(&c, &ns, "dns-n-rndc-key", Utc::now() - TimeDelta::hours(25)).await;
+    let rotated = wait_secret(&c, &ns, "dns-n-rndc-key", "rotated", |s| count(s) == 1).await;
     let new_key = rndc_key_file(&rotated);
     // What the rollout does for a pod: named starts (here: reloads) with the Secret's rndc.key.
     named.swap_key(&new_key).expect("swap");
@@ -209,7 +209,7 @@ async fn inline_mode_keeps_its_name_labels_and_other_metadata_across_rotation() 
     assert_eq!(key_bytes(&rotated).len(), 48);
     assert_ne!(key_bytes(&rotated), key_bytes(&first));
     assert!(
-        get_secret(&c, &ns, "dns-i-rndc").await.is_none(),
+        get_secret(&c, &ns, "dns-i-rndc-key").await.is_none(),
         "no generated Secret in inline mode"
     );
     rotator.stop().await;
@@ -256,18 +256,18 @@ async fn secret_ref_mode_is_never_rotated() {
         standalone(Some(rndc_key(true, "1h", "hmac-sha256"))),
     )
     .await;
-    wait_secret(&c, &ns, "dns-r2-rndc", "provisioned", |s| {
+    wait_secret(&c, &ns, "dns-r2-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
-    back_date(&c, &ns, "dns-r2-rndc", Utc::now() - TimeDelta::hours(2)).await;
-    wait_secret(&c, &ns, "dns-r2-rndc", "rotated", |s| count(s) == 1).await;
+    back_date(&c, &ns, "dns-r2-rndc-key", Utc::now() - TimeDelta::hours(2)).await;
+    wait_secret(&c, &ns, "dns-r2-rndc-key", "rotated", |s| count(s) == 1).await;
     let after = secrets.get("vault-rndc").await.expect("user secret");
     assert_eq!(
         after.metadata.resource_version, before.metadata.resource_version,
         "never written"
     );
-    assert!(get_secret(&c, &ns, "dns-r-rndc").await.is_none());
+    assert!(get_secret(&c, &ns, "dns-r-rndc-key").await.is_none());
     rotator.stop().await;
 }
 
@@ -311,7 +311,7 @@ async fn precedence_instance_over_role_over_default_picks_interval_and_algorithm
         ("default-s", 32, None),
     ];
     for (name, len, hours) in expect {
-        let s = wait_secret(&c, &ns, &format!("{name}-rndc"), "provisioned", |s| {
+        let s = wait_secret(&c, &ns, &format!("{name}-rndc-key"), "provisioned", |s| {
             created_at(s).is_some()
         })
         .await;
@@ -339,14 +339,14 @@ async fn a_key_that_becomes_due_is_rotated_within_two_seconds() {
     )
     .await;
     let rotator = t.start();
-    wait_secret(&c, &ns, "dns-p-rndc", "provisioned", |s| {
+    wait_secret(&c, &ns, "dns-p-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
     // Due in 6 seconds.
     let due = chrono::DateTime::from_timestamp(Utc::now().timestamp() + 6, 0).expect("time");
-    back_date(&c, &ns, "dns-p-rndc", due - TimeDelta::hours(1)).await;
-    let rotated = wait_secret(&c, &ns, "dns-p-rndc", "rotated", |s| count(s) == 1).await;
+    back_date(&c, &ns, "dns-p-rndc-key", due - TimeDelta::hours(1)).await;
+    let rotated = wait_secret(&c, &ns, "dns-p-rndc-key", "rotated", |s| count(s) == 1).await;
     let observed = Utc::now();
     let rotated_at = created_at(&rotated).expect("created-at");
     assert!(
@@ -370,7 +370,7 @@ async fn turning_auto_rotate_on_later_schedules_and_rotates() {
     let (c, ns) = (t.client().clone(), t.ns().to_owned());
     create_instance(&c, &ns, "dns-l", standalone(None)).await;
     let rotator = t.start();
-    let first = wait_secret(&c, &ns, "dns-l-rndc", "provisioned", |s| {
+    let first = wait_secret(&c, &ns, "dns-l-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
@@ -379,8 +379,8 @@ async fn turning_auto_rotate_on_later_schedules_and_rotates() {
         None,
         "autoRotate defaults to false"
     );
-    back_date(&c, &ns, "dns-l-rndc", Utc::now() - TimeDelta::hours(10)).await;
-    let back_dated = get_secret(&c, &ns, "dns-l-rndc").await.expect("secret");
+    back_date(&c, &ns, "dns-l-rndc-key", Utc::now() - TimeDelta::hours(10)).await;
+    let back_dated = get_secret(&c, &ns, "dns-l-rndc-key").await.expect("secret");
     let created = created_at(&back_dated).expect("created");
     let patch = json!({"spec": {"rndcKey": {"autoRotate": true, "rotateAfter": "24h", "algorithm": "hmac-sha256"}}});
     Api::<Bind9Instance>::namespaced(c.clone(), &ns)
@@ -388,13 +388,13 @@ async fn turning_auto_rotate_on_later_schedules_and_rotates() {
         .await
         .expect("turn autoRotate on");
     let due = format_time(created + TimeDelta::hours(24));
-    let s = wait_secret(&c, &ns, "dns-l-rndc", "rotate-at written", |s| {
+    let s = wait_secret(&c, &ns, "dns-l-rndc-key", "rotate-at written", |s| {
         annotation(s, ANNOTATION_ROTATE_AT) == Some(due.as_str())
     })
     .await;
     assert_eq!(count(&s), 0);
-    back_date(&c, &ns, "dns-l-rndc", Utc::now() - TimeDelta::hours(25)).await;
-    wait_secret(&c, &ns, "dns-l-rndc", "rotated", |s| count(s) == 1).await;
+    back_date(&c, &ns, "dns-l-rndc-key", Utc::now() - TimeDelta::hours(25)).await;
+    wait_secret(&c, &ns, "dns-l-rndc-key", "rotated", |s| count(s) == 1).await;
     rotator.stop().await;
 }
 
@@ -410,20 +410,24 @@ async fn changing_rotate_after_takes_effect_at_once() {
     )
     .await;
     let rotator = t.start();
-    wait_secret(&c, &ns, "dns-c-rndc", "provisioned", |s| {
+    wait_secret(&c, &ns, "dns-c-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
-    back_date(&c, &ns, "dns-c-rndc", Utc::now() - TimeDelta::hours(48)).await;
-    let s = get_secret(&c, &ns, "dns-c-rndc").await.expect("secret");
+    back_date(&c, &ns, "dns-c-rndc-key", Utc::now() - TimeDelta::hours(48)).await;
+    let s = get_secret(&c, &ns, "dns-c-rndc-key").await.expect("secret");
     let created = created_at(&s).expect("created");
     let want = format_time(created + TimeDelta::hours(720));
-    wait_secret(&c, &ns, "dns-c-rndc", "rotate-at follows created-at", |s| {
-        annotation(s, ANNOTATION_ROTATE_AT) == Some(want.as_str())
-    })
+    wait_secret(
+        &c,
+        &ns,
+        "dns-c-rndc-key",
+        "rotate-at follows created-at",
+        |s| annotation(s, ANNOTATION_ROTATE_AT) == Some(want.as_str()),
+    )
     .await;
     assert_eq!(
-        count(&get_secret(&c, &ns, "dns-c-rndc").await.expect("secret")),
+        count(&get_secret(&c, &ns, "dns-c-rndc-key").await.expect("secret")),
         0,
         "not due under 720h"
     );
@@ -432,7 +436,7 @@ async fn changing_rotate_after_takes_effect_at_once() {
         .patch("dns-c", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("shorten rotateAfter");
-    let rotated = wait_secret(&c, &ns, "dns-c-rndc", "rotated under 24h", |s| {
+    let rotated = wait_secret(&c, &ns, "dns-c-rndc-key", "rotated under 24h", |s| {
         count(s) == 1
     })
     .await;
@@ -457,7 +461,7 @@ async fn a_deleted_or_recreated_secret_is_reprovisioned_and_the_pods_rolled() {
     )
     .await;
     let rotator = t.start();
-    let first = wait_secret(&c, &ns, "dns-d-rndc", "provisioned", |s| {
+    let first = wait_secret(&c, &ns, "dns-d-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
@@ -475,10 +479,10 @@ async fn a_deleted_or_recreated_secret_is_reprovisioned_and_the_pods_rolled() {
 
     let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns);
     secrets
-        .delete("dns-d-rndc", &DeleteParams::default())
+        .delete("dns-d-rndc-key", &DeleteParams::default())
         .await
         .expect("delete");
-    let again = wait_secret(&c, &ns, "dns-d-rndc", "re-provisioned", |s| {
+    let again = wait_secret(&c, &ns, "dns-d-rndc-key", "re-provisioned", |s| {
         s.uid() != first.uid() && created_at(s).is_some()
     })
     .await;
@@ -496,14 +500,14 @@ async fn a_deleted_or_recreated_secret_is_reprovisioned_and_the_pods_rolled() {
     .await
     .expect("clock");
     secrets
-        .delete("dns-d-rndc", &DeleteParams::default())
+        .delete("dns-d-rndc-key", &DeleteParams::default())
         .await
         .expect("delete");
     let key =
         key_secret_from_bytes("bindy-operator", Algorithm::HmacSha256, &[8u8; 32]).expect("key");
     let by_hand = Secret {
         metadata: ObjectMeta {
-            name: Some("dns-d-rndc".into()),
+            name: Some("dns-d-rndc-key".into()),
             labels: Some(BTreeMap::from([(LABEL_RNDC_KEY.into(), "true".into())])),
             ..ObjectMeta::default()
         },
@@ -512,7 +516,7 @@ async fn a_deleted_or_recreated_secret_is_reprovisioned_and_the_pods_rolled() {
     };
     // The rotator may win the race and re-provision first; either way the pods must follow.
     let _ = secrets.create(&PostParams::default(), &by_hand).await;
-    let third = wait_secret(&c, &ns, "dns-d-rndc", "annotated", |s| {
+    let third = wait_secret(&c, &ns, "dns-d-rndc-key", "annotated", |s| {
         s.uid() != again.uid() && created_at(s).is_some()
     })
     .await;
@@ -523,8 +527,10 @@ async fn a_deleted_or_recreated_secret_is_reprovisioned_and_the_pods_rolled() {
     rotator.stop().await;
 }
 
+/// SPEC §6/§11 (changed): a Deployment created after its key mounts that key from the start, so
+/// it is not rolled (it used to be, which restarted every new Bindy instance once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_deployment_is_rolled_once_it_appears() {
+async fn a_deployment_created_after_its_key_is_not_rolled() {
     let t = RotationEnv::new("rot-late-deploy").await;
     let (c, ns) = (t.client().clone(), t.ns().to_owned());
     create_instance(
@@ -535,20 +541,23 @@ async fn a_missing_deployment_is_rolled_once_it_appears() {
     )
     .await;
     let rotator = t.start();
-    wait_secret(&c, &ns, "dns-m-rndc", "provisioned", |s| {
+    wait_secret(&c, &ns, "dns-m-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
-    back_date(&c, &ns, "dns-m-rndc", Utc::now() - TimeDelta::hours(2)).await;
-    let rotated = wait_secret(&c, &ns, "dns-m-rndc", "rotated", |s| count(s) == 1).await;
+    back_date(&c, &ns, "dns-m-rndc-key", Utc::now() - TimeDelta::hours(2)).await;
+    wait_secret(&c, &ns, "dns-m-rndc-key", "rotated", |s| count(s) == 1).await;
     create_deployment(&c, &ns, "dns-m").await;
-    wait_marker(
-        &c,
-        &ns,
-        "dns-m",
-        annotation(&rotated, ANNOTATION_CREATED_AT).expect("created"),
-    )
-    .await;
+    // Several passes (each watch event is one) go by; the new Deployment is left alone.
+    let until = Utc::now() + TimeDelta::seconds(8);
+    wait_for("a few passes", WAIT, || async move { Utc::now() >= until })
+        .await
+        .expect("clock");
+    assert_eq!(
+        marker(&c, &ns, "dns-m").await,
+        None,
+        "no rollout of a new Deployment"
+    );
     rotator.stop().await;
 }
 
@@ -571,12 +580,12 @@ async fn a_denied_deployment_patch_is_retried_until_rbac_allows_it() {
     )
     .await;
     let rotator = t.start();
-    wait_secret(&c, &ns, "dns-b-rndc", "provisioned", |s| {
+    wait_secret(&c, &ns, "dns-b-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
-    back_date(&c, &ns, "dns-b-rndc", Utc::now() - TimeDelta::hours(2)).await;
-    let rotated = wait_secret(&c, &ns, "dns-b-rndc", "rotated", |s| count(s) == 1).await;
+    back_date(&c, &ns, "dns-b-rndc-key", Utc::now() - TimeDelta::hours(2)).await;
+    let rotated = wait_secret(&c, &ns, "dns-b-rndc-key", "rotated", |s| count(s) == 1).await;
     let created = annotation(&rotated, ANNOTATION_CREATED_AT)
         .expect("created")
         .to_owned();
@@ -606,7 +615,7 @@ async fn a_denied_deployment_patch_is_retried_until_rbac_allows_it() {
     t.set_rules(rotator_rules()).await;
     wait_marker(&c, &ns, "dns-b", &created).await;
     assert_eq!(
-        count(&get_secret(&c, &ns, "dns-b-rndc").await.expect("secret")),
+        count(&get_secret(&c, &ns, "dns-b-rndc-key").await.expect("secret")),
         1,
         "no extra rotation"
     );
@@ -681,7 +690,7 @@ async fn the_rotate_command_honours_the_hourly_rate_limit_unless_forced() {
     )
     .await;
     let rotator = t.start();
-    let first = wait_secret(&c, &ns, "dns-q-rndc", "provisioned", |s| {
+    let first = wait_secret(&c, &ns, "dns-q-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
@@ -693,18 +702,24 @@ async fn the_rotate_command_honours_the_hourly_rate_limit_unless_forced() {
         "{refused:?}"
     );
     assert_eq!(
-        get_secret(&c, &ns, "dns-q-rndc")
+        get_secret(&c, &ns, "dns-q-rndc-key")
             .await
             .expect("s")
             .resource_version(),
         first.resource_version()
     );
     // 61 minutes later (back-dated by an operator): accepted, rotated by the rotator.
-    back_date(&c, &ns, "dns-q-rndc", Utc::now() - TimeDelta::minutes(61)).await;
+    back_date(
+        &c,
+        &ns,
+        "dns-q-rndc-key",
+        Utc::now() - TimeDelta::minutes(61),
+    )
+    .await;
     request(&c, &ns, "dns-q", false, &policy, Utc::now())
         .await
         .expect("accepted after an hour");
-    let rotated = wait_secret(&c, &ns, "dns-q-rndc", "rotated", |s| count(s) == 1).await;
+    let rotated = wait_secret(&c, &ns, "dns-q-rndc-key", "rotated", |s| count(s) == 1).await;
     // Right after a rotation: refused again, and the count stays at 1.
     let again = request(&c, &ns, "dns-q", false, &policy, Utc::now()).await;
     assert!(
@@ -715,7 +730,10 @@ async fn the_rotate_command_honours_the_hourly_rate_limit_unless_forced() {
     request(&c, &ns, "dns-q", true, &policy, Utc::now())
         .await
         .expect("forced");
-    let forced = wait_secret(&c, &ns, "dns-q-rndc", "forced rotation", |s| count(s) == 2).await;
+    let forced = wait_secret(&c, &ns, "dns-q-rndc-key", "forced rotation", |s| {
+        count(s) == 2
+    })
+    .await;
     assert_ne!(key_bytes(&forced), key_bytes(&rotated));
     rotator.stop().await;
 }
@@ -743,17 +761,17 @@ async fn two_rotators_at_once_rotate_each_due_key_exactly_once() {
     let ra = t.start_with(a);
     let rb = t.start_with(b);
     for name in &names {
-        wait_secret(&c, &ns, &format!("{name}-rndc"), "provisioned", |s| {
+        wait_secret(&c, &ns, &format!("{name}-rndc-key"), "provisioned", |s| {
             created_at(s).is_some()
         })
         .await;
     }
     let past = Utc::now() - TimeDelta::hours(2);
     for name in &names {
-        back_date(&c, &ns, &format!("{name}-rndc"), past).await;
+        back_date(&c, &ns, &format!("{name}-rndc-key"), past).await;
     }
     for name in &names {
-        let s = wait_secret(&c, &ns, &format!("{name}-rndc"), "rotated", |s| {
+        let s = wait_secret(&c, &ns, &format!("{name}-rndc-key"), "rotated", |s| {
             count(s) >= 1
         })
         .await;
@@ -773,7 +791,7 @@ async fn two_rotators_at_once_rotate_each_due_key_exactly_once() {
     .await
     .expect("clock");
     for name in &names {
-        let s = get_secret(&c, &ns, &format!("{name}-rndc"))
+        let s = get_secret(&c, &ns, &format!("{name}-rndc-key"))
             .await
             .expect("secret");
         assert_eq!(count(&s), 1, "{name} rotated more than once");
@@ -812,7 +830,7 @@ async fn only_the_lease_holder_rotates_and_a_successor_takes_over() {
     let mut b = a.clone();
     b.identity = Some("rotator-b".into());
     let ra = t.start_with(a);
-    wait_secret(&c, &ns, "dns-e-rndc", "provisioned", |s| {
+    wait_secret(&c, &ns, "dns-e-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
@@ -836,8 +854,8 @@ async fn only_the_lease_holder_rotates_and_a_successor_takes_over() {
     })
     .await
     .expect("takeover");
-    back_date(&c, &ns, "dns-e-rndc", Utc::now() - TimeDelta::hours(2)).await;
-    wait_secret(&c, &ns, "dns-e-rndc", "rotated by the successor", |s| {
+    back_date(&c, &ns, "dns-e-rndc-key", Utc::now() - TimeDelta::hours(2)).await;
+    wait_secret(&c, &ns, "dns-e-rndc-key", "rotated by the successor", |s| {
         count(s) == 1
     })
     .await;

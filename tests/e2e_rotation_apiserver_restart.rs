@@ -27,7 +27,7 @@ async fn the_rotator_recovers_by_itself_after_an_apiserver_restart() {
         create_key_secret(
             &c,
             &ns,
-            &format!("{name}-rndc"),
+            &format!("{name}-rndc-key"),
             Algorithm::HmacSha256,
             Utc::now() - TimeDelta::hours(2),
             day,
@@ -52,7 +52,7 @@ async fn the_rotator_recovers_by_itself_after_an_apiserver_restart() {
     assert!(warden.is_leader().await, "{}", warden.logs_tail(4000));
 
     let due_at = Utc::now() + TimeDelta::seconds(6);
-    back_date(&c, &ns, "due-rndc", due_at - day).await;
+    back_date(&c, &ns, "due-rndc-key", due_at - day).await;
     let outage = Instant::now();
     t.env
         .cp
@@ -80,7 +80,7 @@ async fn the_rotator_recovers_by_itself_after_an_apiserver_restart() {
 
     let names = vec!["due".to_owned()];
     let took = wait_converged(&c, &ns, &names, Algorithm::HmacSha256, 1, WAIT).await;
-    let rotated = get_secret(&c, &ns, "due-rndc").await.expect("secret");
+    let rotated = get_secret(&c, &ns, "due-rndc-key").await.expect("secret");
     assert!(
         created_at(&rotated).is_some_and(|t| t >= due_at - TimeDelta::seconds(1)),
         "rotated after its due time, i.e. after the outage began"
@@ -91,7 +91,7 @@ async fn the_rotator_recovers_by_itself_after_an_apiserver_restart() {
     );
 
     // The watches are live again: a back-dated key and a new instance are acted on.
-    back_date(&c, &ns, "later-rndc", Utc::now() - TimeDelta::hours(25)).await;
+    back_date(&c, &ns, "later-rndc-key", Utc::now() - TimeDelta::hours(25)).await;
     create_deployment(&c, &ns, "fresh").await;
     create_instance(
         &c,
@@ -102,7 +102,7 @@ async fn the_rotator_recovers_by_itself_after_an_apiserver_restart() {
     .await;
     let names = vec!["later".to_owned()];
     wait_converged(&c, &ns, &names, Algorithm::HmacSha256, 1, WAIT).await;
-    let fresh = wait_secret(&c, &ns, "fresh-rndc", "fresh provisioned", |s| {
+    let fresh = wait_secret(&c, &ns, "fresh-rndc-key", "fresh provisioned", |s| {
         created_at(s).is_some()
     })
     .await;

@@ -77,7 +77,7 @@ async fn audit_and_rotate_through_the_binary_report_verdicts_exit_codes_and_rota
             create_key_secret(
                 &c,
                 &ns,
-                &format!("{name}-rndc"),
+                &format!("{name}-rndc-key"),
                 *algorithm,
                 Utc::now() - *age,
                 day,
@@ -124,7 +124,7 @@ async fn audit_and_rotate_through_the_binary_report_verdicts_exit_codes_and_rota
         "{out}"
     );
     let ok_row = rows.iter().find(|r| r["instance"] == "ok").expect("ok row");
-    assert_eq!(ok_row["secret"], "ok-rndc");
+    assert_eq!(ok_row["secret"], "ok-rndc-key");
     assert_eq!(ok_row["rotations"], "0");
     assert_eq!(ok_row["algorithm"], "hmac-sha256");
 
@@ -167,7 +167,7 @@ async fn audit_and_rotate_through_the_binary_report_verdicts_exit_codes_and_rota
         &["--resync-period", "5s"],
     );
     warden.start();
-    wait_secret(&c, &ns, "overdue-rndc", "overdue rotated", |s| {
+    wait_secret(&c, &ns, "overdue-rndc-key", "overdue rotated", |s| {
         count(s) == 1
     })
     .await;
@@ -176,7 +176,7 @@ async fn audit_and_rotate_through_the_binary_report_verdicts_exit_codes_and_rota
     let (code, out, err) = run_cli(&kubeconfig, &["rotate", "ok", "-n", &ns]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains(&format!("Requested rotation of Secret {ns}/ok-rndc")),
+        out.contains(&format!("Requested rotation of Secret {ns}/ok-rndc-key")),
         "{out}"
     );
     let names = vec!["ok".to_owned()];
@@ -190,7 +190,7 @@ async fn audit_and_rotate_through_the_binary_report_verdicts_exit_codes_and_rota
         "the refusal says how to override: {err}"
     );
     assert_eq!(
-        count(&get_secret(&c, &ns, "ok-rndc").await.expect("secret")),
+        count(&get_secret(&c, &ns, "ok-rndc-key").await.expect("secret")),
         1
     );
     let (code, out, err) = run_cli(&kubeconfig, &["rotate", "ok", "-n", &ns, "--force"]).await;
@@ -199,12 +199,12 @@ async fn audit_and_rotate_through_the_binary_report_verdicts_exit_codes_and_rota
 
     // A deleted Secret is re-provisioned as the next rotation: the count goes on from the
     // instance status instead of restarting at 0.
-    let before = get_secret(&c, &ns, "ok-rndc").await.expect("secret");
+    let before = get_secret(&c, &ns, "ok-rndc-key").await.expect("secret");
     Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.clone(), &ns)
-        .delete("ok-rndc", &DeleteParams::default())
+        .delete("ok-rndc-key", &DeleteParams::default())
         .await
         .expect("delete Secret");
-    let again = wait_secret(&c, &ns, "ok-rndc", "re-provisioned", |s| {
+    let again = wait_secret(&c, &ns, "ok-rndc-key", "re-provisioned", |s| {
         s.metadata.uid != before.metadata.uid && created_at(s).is_some()
     })
     .await;

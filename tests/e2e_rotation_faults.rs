@@ -31,7 +31,7 @@ async fn due_batch(t: &RotationEnv, prefix: &str, n: usize) -> Vec<String> {
                 create_key_secret(
                     &c,
                     &ns,
-                    &format!("{name}-rndc"),
+                    &format!("{name}-rndc-key"),
                     Algorithm::HmacSha256,
                     created,
                     TimeDelta::hours(24),
@@ -235,7 +235,7 @@ async fn two_replicas_with_leader_election_rotate_each_due_key_once_and_one_hold
         back_date(
             &c,
             &ns,
-            &format!("{name}-rndc"),
+            &format!("{name}-rndc-key"),
             Utc::now() - TimeDelta::hours(25),
         )
         .await;

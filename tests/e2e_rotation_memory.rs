@@ -117,7 +117,7 @@ async fn rss_with_ten_thousand_instances_and_secrets_cached() {
                 create_key_secret(
                     &c,
                     &ns,
-                    &format!("{name}-rndc"),
+                    &format!("{name}-rndc-key"),
                     Algorithm::HmacSha256,
                     created,
                     interval,

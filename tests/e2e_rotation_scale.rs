@@ -104,7 +104,7 @@ async fn many_instances_due_at_once_are_rotated_and_rolled() {
     stream::iter(names.clone())
         .for_each_concurrent(32, |name| {
             let (c, ns) = (c.clone(), ns.clone());
-            async move { back_date(&c, &ns, &format!("{name}-rndc"), past).await }
+            async move { back_date(&c, &ns, &format!("{name}-rndc-key"), past).await }
         })
         .await;
     let requests_before = apiserver_requests(&c).await;
@@ -127,7 +127,7 @@ async fn many_instances_due_at_once_are_rotated_and_rolled() {
                             s.metadata
                                 .name
                                 .clone()?
-                                .trim_end_matches("-rndc")
+                                .trim_end_matches("-rndc-key")
                                 .to_owned(),
                             annotation(s, ANNOTATION_CREATED_AT)?.to_owned(),
                         ))
@@ -163,7 +163,7 @@ async fn many_instances_due_at_once_are_rotated_and_rolled() {
         requests / n as f64
     );
     for name in names.iter().take(50) {
-        let s = get_secret(&c, &ns, &format!("{name}-rndc"))
+        let s = get_secret(&c, &ns, &format!("{name}-rndc-key"))
             .await
             .expect("secret");
         assert_eq!(count(&s), 1, "{name} rotated exactly once");

@@ -60,7 +60,7 @@ async fn with_upstream_crds_keys_are_provisioned_rotated_once_and_status_shows_t
     warden.start();
 
     // Provisioning.
-    let first = wait_secret(&c, &ns, "up-rndc", "provisioned", |s| {
+    let first = wait_secret(&c, &ns, "up-rndc-key", "provisioned", |s| {
         created_at(s).is_some()
     })
     .await;
@@ -68,8 +68,8 @@ async fn with_upstream_crds_keys_are_provisioned_rotated_once_and_status_shows_t
     assert_eq!(key_bytes(&first).len(), 48, "hmac-sha384 keys are 48 bytes");
 
     // Rotation (the manual trigger).
-    back_date(&c, &ns, "up-rndc", Utc::now() - TimeDelta::hours(25)).await;
-    let rotated = wait_secret(&c, &ns, "up-rndc", "rotated", |s| count(s) == 1).await;
+    back_date(&c, &ns, "up-rndc-key", Utc::now() - TimeDelta::hours(25)).await;
+    let rotated = wait_secret(&c, &ns, "up-rndc-key", "rotated", |s| count(s) == 1).await;
     let created = annotation(&rotated, ANNOTATION_CREATED_AT)
         .expect("created-at")
         .to_owned();
@@ -144,7 +144,7 @@ async fn with_upstream_crds_keys_are_provisioned_rotated_once_and_status_shows_t
     .await
     .expect("passes");
     warden.assert_running();
-    let after = get_secret(&c, &ns, "up-rndc").await.expect("secret");
+    let after = get_secret(&c, &ns, "up-rndc-key").await.expect("secret");
     assert_eq!(count(&after), 1, "rotated exactly once");
     assert_eq!(
         after.resource_version(),

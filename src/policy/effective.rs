@@ -391,7 +391,7 @@ mod tests {
         );
         assert_eq!(effective.rotate_after, RotateAfter::DEFAULT);
         assert_eq!(effective.algorithm, Algorithm::HmacSha384);
-        assert_eq!(effective.secret_name, "dns-primary-rndc");
+        assert_eq!(effective.secret_name, "dns-primary-rndc-key");
         assert_eq!(effective.management, Management::Generated);
     }
 

@@ -16,9 +16,10 @@ use super::algorithm::{Algorithm, Strength};
 use super::effective::EffectiveKeyConfig;
 use super::key_data::{key_facts, secret_values};
 use super::settings::PolicyConfig;
+use super::stamp::MAX_CLOCK_SKEW;
 use crate::api::{
     ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT, ANNOTATION_ROTATION_COUNT, DEFAULT_KEY_NAME,
-    RndcKeyRotationStatus,
+    LABEL_RNDC_KEY, LABEL_RNDC_KEY_VALUE, RndcKeyRotationStatus,
 };
 
 /// No rotation within this long of the key's creation.
@@ -26,9 +27,12 @@ pub const RATE_LIMIT: TimeDelta = TimeDelta::hours(1);
 /// `audit` calls a key overdue once it is this late.
 pub const OVERDUE_GRACE: TimeDelta = TimeDelta::hours(1);
 
-/// Formats a time as rndc-warden writes it: RFC 3339, UTC, `Z`, whole seconds.
+/// Formats a time as rndc-warden writes it: RFC 3339, UTC, `Z`, with the sub-second digits the
+/// time has (none for a whole second, else 3, 6 or 9). Keys are told apart by instant: two keys
+/// created within one second get different `rndc-created-at` values (and rollout markers), and
+/// nothing is rounded, so nothing looks like the future.
 pub fn format_time(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Secs, true)
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// Parses an RFC 3339 time (`Z` or any offset, e.g. upstream's `+00:00`).
@@ -199,7 +203,7 @@ impl RotationPlan {
         match (&self.marker, current) {
             (None, _) => false,
             (Some(_), None) => self.roll_unmarked,
-            (Some(wanted), Some(current)) => !same_revision(wanted, current),
+            (Some(wanted), Some(current)) => !marker_covers(current, wanted),
         }
     }
 }
@@ -212,17 +216,23 @@ pub fn same_revision(a: &str, b: &str) -> bool {
     }
 }
 
-/// The marker for a Secret: its `rndc-created-at`, or else a fingerprint of its key data (for user
-/// Secrets without annotations). The fingerprint is a truncated SHA-256 and reveals no key.
-pub fn key_revision(secret: &Secret) -> Option<String> {
-    if let Some(created) = secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_CREATED_AT))
-    {
-        return Some(created.clone());
+/// Whether a Deployment's rollout marker `marker` shows its pods were rolled onto key revision
+/// `revision` or later. Both operators write the marker: rndc-warden the key's `rndc-created-at`,
+/// the Bindy operator `Utc::now()` (sub-second, `+00:00`) right after its own rotation. So a
+/// marker that is a time at or after the revision's creation time covers it (compared as
+/// instants, never as strings); fingerprint revisions (user Secrets without annotations) must
+/// be equal.
+fn marker_covers(marker: &str, revision: &str) -> bool {
+    match (parse_time(marker), parse_time(revision)) {
+        (Some(marker), Some(created)) => marker >= created,
+        _ => marker == revision,
     }
+}
+
+/// A fingerprint of a Secret's key data (truncated SHA-256 over every data entry rndc-warden
+/// reads): it changes exactly when the key material changes, never with annotations, and reveals
+/// nothing about the key. `None` without key data.
+fn key_fingerprint(secret: &Secret) -> Option<String> {
     let values = secret_values(secret);
     if values.is_empty() {
         return None;
@@ -237,6 +247,20 @@ pub fn key_revision(secret: &Secret) -> Option<String> {
     let digest = hash.finalize();
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Some(format!("sha256:{hex}"))
+}
+
+/// The marker for a Secret: its `rndc-created-at`, or else a fingerprint of its key data (for user
+/// Secrets without annotations). The fingerprint is a truncated SHA-256 and reveals no key.
+pub fn key_revision(secret: &Secret) -> Option<String> {
+    if let Some(created) = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_CREATED_AT))
+    {
+        return Some(created.clone());
+    }
+    key_fingerprint(secret)
 }
 
 /// Decides what the rotator does for an instance whose effective configuration is `config` and
@@ -303,8 +327,12 @@ pub fn plan_rotation_continuing(
         .name
         .clone()
         .unwrap_or_else(|| DEFAULT_KEY_NAME.to_owned());
+    // The count never goes back: a Secret re-created by someone else (the Bindy operator
+    // deletes and re-creates on an algorithm change, count 0) continues from the count known
+    // from elsewhere (status, the rotator's own record).
+    let floor = known_count.unwrap_or(0).max(annotations.rotation_count);
     let rotate = |reason: RotateReason| {
-        let rotation = annotations.rotation_count.saturating_add(1);
+        let rotation = floor.saturating_add(1);
         RotationPlan {
             action: SecretAction::Rotate {
                 secret_name: secret_name.clone(),
@@ -350,7 +378,11 @@ pub fn plan_rotation_continuing(
             (created, set)
         }
     };
-    let future = created_at > now;
+    // `now` and `created_at` are compared at full precision (a sub-second `rndc-created-at`
+    // written by the Bindy operator is not "in the future" because `now` was rounded down). A
+    // time ahead of this clock by no more than the tolerated skew is a fresh key (rate-limited);
+    // one further ahead is not a real creation time and is treated as unknown age (rotated).
+    let future = created_at > now + MAX_CLOCK_SKEW;
     let rate_limited = !future && now < created_at + RATE_LIMIT;
     // A valid key of another algorithm is replaced too, but not within the rate limit (an
     // algorithm edit right after a rotation waits for the end of the hour, like any rotation).
@@ -372,17 +404,7 @@ pub fn plan_rotation_continuing(
         if annotations.rotate_at != Some(due_at) {
             set.insert(ANNOTATION_ROTATE_AT.to_owned(), format_time(due_at));
         }
-        let count_missing = secret
-            .metadata
-            .annotations
-            .as_ref()
-            .is_none_or(|a| !a.contains_key(ANNOTATION_ROTATION_COUNT));
-        if count_missing {
-            set.insert(
-                ANNOTATION_ROTATION_COUNT.to_owned(),
-                annotations.rotation_count.to_string(),
-            );
-        }
+        continue_count(secret, &annotations, known_count, &mut set);
         let marker = set
             .get(ANNOTATION_CREATED_AT)
             .cloned()
@@ -403,6 +425,7 @@ pub fn plan_rotation_continuing(
             roll_unmarked: annotations.rotation_count > 0,
         };
     }
+    continue_count(secret, &annotations, known_count, &mut set);
     let has_rotate_at = secret
         .metadata
         .annotations
@@ -434,6 +457,28 @@ pub fn plan_rotation_continuing(
     }
 }
 
+/// Adds `rndc-rotation-count` to `set` when the Secret lacks it, or when it is below the count
+/// known from elsewhere (`known_count`): a Secret re-created by someone else holds a new key, so
+/// it is the next rotation (`known + 1`), never a reset to 0.
+fn continue_count(
+    secret: &Secret,
+    annotations: &KeyAnnotations,
+    known_count: Option<u32>,
+    set: &mut BTreeMap<String, String>,
+) {
+    let count_missing = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .is_none_or(|a| !a.contains_key(ANNOTATION_ROTATION_COUNT));
+    let count = match known_count {
+        Some(known) if known > annotations.rotation_count => known.saturating_add(1),
+        _ if count_missing => annotations.rotation_count,
+        _ => return,
+    };
+    set.insert(ANNOTATION_ROTATION_COUNT.to_owned(), count.to_string());
+}
+
 /// The audit verdict of an instance's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verdict {
@@ -447,10 +492,14 @@ pub enum Verdict {
     WeakAlgorithm,
     /// A Secret the user manages (`secretRef`).
     UserManaged,
+    /// The stored key is below policy (too short, missing or inconsistent data keys, no
+    /// rndc-key label on a managed Secret), or its rotation keeps failing.
+    Fail,
 }
 
 impl Verdict {
-    /// The report spelling: `OK`, `OVERDUE`, `NOT-ROTATING`, `WEAK-ALGORITHM`, `USER-MANAGED`.
+    /// The report spelling: `OK`, `OVERDUE`, `NOT-ROTATING`, `WEAK-ALGORITHM`, `USER-MANAGED`,
+    /// `FAIL`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Verdict::Ok => "OK",
@@ -458,6 +507,7 @@ impl Verdict {
             Verdict::NotRotating => "NOT-ROTATING",
             Verdict::WeakAlgorithm => "WEAK-ALGORITHM",
             Verdict::UserManaged => "USER-MANAGED",
+            Verdict::Fail => "FAIL",
         }
     }
 }
@@ -479,7 +529,44 @@ pub struct AuditFinding {
     pub detail: String,
 }
 
-/// Audits an instance's key: weak algorithms first, then user-managed, not rotating, overdue.
+/// Why a stored key is below policy (`None`: it is not): key data the key Secret rules deny
+/// (too short for its algorithm, missing or disagreeing data keys), a managed key of another
+/// algorithm than configured, or a managed Secret without the rndc-key label (so the Secret
+/// webhook does not guard it). Names fields and rules, never key material.
+fn below_policy(
+    config: &EffectiveKeyConfig,
+    secret: &Secret,
+    cfg: &PolicyConfig,
+) -> Option<String> {
+    let (facts, findings) = key_facts(secret, cfg);
+    if !findings.denials.is_empty() {
+        return Some(findings.denials.join("; "));
+    }
+    if !config.is_managed() {
+        return None;
+    }
+    if let Some(stored) = facts.algorithm.filter(|a| *a != config.algorithm) {
+        return Some(format!(
+            "the key is {stored}, the configuration asks for {}",
+            config.algorithm
+        ));
+    }
+    let labelled = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_RNDC_KEY))
+        .is_some_and(|v| v == LABEL_RNDC_KEY_VALUE);
+    (!labelled).then(|| {
+        format!(
+            "the Secret lacks the label {LABEL_RNDC_KEY}={LABEL_RNDC_KEY_VALUE}, so the Secret \
+             webhook does not guard it"
+        )
+    })
+}
+
+/// Audits an instance's key: weak algorithms first, then a key below policy, user-managed, not
+/// rotating, overdue.
 pub fn audit(
     config: &EffectiveKeyConfig,
     secret: Option<&Secret>,
@@ -497,6 +584,13 @@ pub fn audit(
             verdict: Verdict::WeakAlgorithm,
             due_at: None,
             detail: format!("the key uses {algorithm}"),
+        };
+    }
+    if let Some(reason) = secret.and_then(|s| below_policy(config, s, cfg)) {
+        return AuditFinding {
+            verdict: Verdict::Fail,
+            due_at: None,
+            detail: format!("the key is below policy: {reason}"),
         };
     }
     if !config.is_managed() {

@@ -35,6 +35,10 @@ fn secret(algorithm: Algorithm, annotations: &[(&str, &str)]) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some("dns-primary-rndc".into()),
+            labels: Some(BTreeMap::from([(
+                "bindy.firestoned.io/rndc-key".to_owned(),
+                "true".to_owned(),
+            )])),
             annotations: Some(
                 annotations
                     .iter()
@@ -337,6 +341,56 @@ fn audit_gives_each_verdict() {
     };
     assert_eq!(verdict(&weak, Some(&fresh)), Verdict::WeakAlgorithm);
     assert_eq!(Verdict::NotRotating.to_string(), "NOT-ROTATING");
+    assert_eq!(Verdict::Fail.to_string(), "FAIL");
+}
+
+#[test]
+fn a_key_below_policy_is_an_audit_failure_never_ok() {
+    let cfg = PolicyConfig::default();
+    let finding = |c: &EffectiveKeyConfig, s: &Secret| audit(c, Some(s), now(), &cfg);
+    let fresh = annotated("2026-02-20T00:00:00Z", "0", None);
+    // What the Bindy operator makes for hmac-sha512: a 32-byte key.
+    let short_data = key_secret_from_bytes("bindy-operator", Algorithm::HmacSha512, &[5; 64])
+        .expect("key")
+        .into_data();
+    let mut short = fresh.clone();
+    let b64 = "BQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQU=";
+    let mut data = short_data;
+    data.insert("secret".into(), ByteString(b64.as_bytes().to_vec()));
+    data.insert(
+        "rndc.key".into(),
+        ByteString(
+            format!("key \"bindy-operator\" {{\n    algorithm hmac-sha512;\n    secret \"{b64}\";\n}};\n")
+                .into_bytes(),
+        ),
+    );
+    short.data = Some(data);
+    let sha512 = EffectiveKeyConfig {
+        algorithm: Algorithm::HmacSha512,
+        ..config(true, "30d")
+    };
+    let f = finding(&sha512, &short);
+    assert_eq!(f.verdict, Verdict::Fail, "{}", f.detail);
+    assert!(f.detail.contains("below policy"), "{}", f.detail);
+    assert!(!f.detail.contains(b64), "no key material: {}", f.detail);
+    // A managed key of another algorithm than configured, or without the label.
+    assert_eq!(finding(&sha512, &fresh).verdict, Verdict::Fail);
+    let mut unlabelled = fresh.clone();
+    unlabelled.metadata.labels = None;
+    assert_eq!(
+        finding(&config(true, "30d"), &unlabelled).verdict,
+        Verdict::Fail
+    );
+    // A missing data key.
+    let mut missing = fresh.clone();
+    if let Some(d) = missing.data.as_mut() {
+        d.remove("algorithm");
+    }
+    assert_eq!(
+        finding(&config(true, "30d"), &missing).verdict,
+        Verdict::Fail
+    );
+    assert_eq!(finding(&config(true, "30d"), &fresh).verdict, Verdict::Ok);
 }
 
 #[test]
@@ -360,8 +414,18 @@ fn rotation_status_mirrors_the_annotations() {
 
 #[test]
 fn times_are_written_with_z_and_read_with_any_offset() {
+    // SPEC §6/§11 (changed): instants are kept, never rounded (a rounded time can look like
+    // the future, and two keys of one second would share a revision).
     assert_eq!(
         format_time(at("2026-01-27T15:04:05.123456789+00:00")),
+        "2026-01-27T15:04:05.123456789Z"
+    );
+    assert_eq!(
+        format_time(at("2026-01-27T15:04:05.5+00:00")),
+        "2026-01-27T15:04:05.500Z"
+    );
+    assert_eq!(
+        format_time(at("2026-01-27T15:04:05+00:00")),
         "2026-01-27T15:04:05Z"
     );
     assert_eq!(at("2026-01-27T16:04:05+01:00"), at("2026-01-27T15:04:05Z"));
@@ -437,10 +501,50 @@ fn a_reprovisioned_secret_continues_the_known_count() {
     );
     assert_eq!(provisioned(Some(4)), "5");
     assert_eq!(provisioned(Some(u32::MAX)), u32::MAX.to_string());
-    // The known count only matters when the Secret is missing.
+    // A known count at or below the Secret's changes nothing.
     let s = annotated("2026-02-20T00:00:00Z", "2", Some("2026-03-22T00:00:00Z"));
     assert_eq!(
-        plan_rotation_continuing(&config(true, "30d"), Some(&s), now(), &cfg, Some(9)),
+        plan_rotation_continuing(&config(true, "30d"), Some(&s), now(), &cfg, Some(2)),
         plan(&config(true, "30d"), Some(&s))
+    );
+    // A Secret re-created by someone else with a lower count (the Bindy operator resets it to
+    // 0) holds a new key: it is the next rotation, never a reset (SPEC §11).
+    let p = plan_rotation_continuing(&config(true, "30d"), Some(&s), now(), &cfg, Some(9));
+    let SecretAction::Annotate { set, .. } = &p.action else {
+        panic!("{:?}", p.action)
+    };
+    assert_eq!(set[COUNT], "10");
+    // And a repair of such a Secret continues from the known count too.
+    let mut broken = s.clone();
+    if let Some(d) = broken.data.as_mut() {
+        d.remove("secret");
+    }
+    let p = plan_rotation_continuing(&config(true, "30d"), Some(&broken), now(), &cfg, Some(9));
+    assert!(
+        matches!(p.action, SecretAction::Rotate { rotation: 10, .. }),
+        "{:?}",
+        p.action
+    );
+}
+
+#[test]
+fn now_is_compared_at_full_precision_and_a_little_clock_skew_is_a_fresh_key() {
+    let cfg = PolicyConfig::default();
+    // Created 0.3 s after the whole second of "now" (as the Bindy operator writes it).
+    let s = annotated(
+        "2026-03-01T12:00:00.3+00:00",
+        "0",
+        Some("2026-03-31T12:00:00.3+00:00"),
+    );
+    let at = now() + TimeDelta::milliseconds(800);
+    let p = plan_rotation(&config(true, "30d"), Some(&s), at, &cfg);
+    assert_eq!(p.action, SecretAction::Nothing, "{:?}", p.action);
+    // A key up to the tolerated skew ahead of this clock is rate-limited, not rotated.
+    let ahead = annotated("2026-03-01T12:04:00Z", "0", None);
+    let p = plan_rotation(&config(true, "1h"), Some(&ahead), now(), &cfg);
+    assert!(
+        !matches!(p.action, SecretAction::Rotate { .. }),
+        "{:?}",
+        p.action
     );
 }

@@ -10,7 +10,7 @@ use super::names::is_dns_subdomain;
 /// Placeholder of [`SecretNameTemplate`] replaced by the instance name.
 pub const INSTANCE_PLACEHOLDER: &str = "{instance}";
 /// Default managed Secret name template.
-pub const DEFAULT_SECRET_NAME_TEMPLATE: &str = "{instance}-rndc";
+pub const DEFAULT_SECRET_NAME_TEMPLATE: &str = "{instance}-rndc-key";
 /// Default identity of the rotator (the Helm chart's service account).
 pub const DEFAULT_ROTATOR_USERNAME: &str = "system:serviceaccount:rndc-warden:rndc-warden";
 
@@ -133,9 +133,12 @@ impl SecretNameTemplate {
 
 impl Default for SecretNameTemplate {
     fn default() -> Self {
+        let (prefix, suffix) = DEFAULT_SECRET_NAME_TEMPLATE
+            .split_once(INSTANCE_PLACEHOLDER)
+            .unwrap_or(("", ""));
         Self {
-            prefix: String::new(),
-            suffix: "-rndc".to_owned(),
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
         }
     }
 }
@@ -166,7 +169,7 @@ mod tests {
         assert!(cfg.is_denied(Algorithm::HmacMd5) && cfg.is_denied(Algorithm::HmacSha1));
         assert_eq!(
             cfg.secret_name_template.render("dns-primary"),
-            "dns-primary-rndc"
+            "dns-primary-rndc-key"
         );
     }
 

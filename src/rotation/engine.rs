@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,8 +23,9 @@ use tokio::task::JoinSet;
 use super::exec::PodExec;
 use super::keys::{KeySource, QpsLimiter, generate};
 use super::plan::{
-    SecretUser, annotate_patch, governing, lacks_label, needs_roll, plan_secret, render_annotate,
-    render_provision, rotation_patch, seconds_until, status_in_sync,
+    SecretUser, annotate_patch, governing, key_status, needs_roll, needs_roll_after_rotation,
+    plan_secret, record_of, record_stale, render_provision, rollout_patch, rotation_patch,
+    seconds_until, status_in_sync,
 };
 use super::queue::{Taken, WorkQueue};
 use super::reload::ReloadStrategy;
@@ -31,13 +33,14 @@ use super::reloader::{self, ReloadMemory};
 use super::store::{CompactStore, DeploymentMarker, KeySecret, SecretVersion, secret_version};
 use super::{Error, FIELD_MANAGER, RotationArgs};
 use crate::api::{
-    ANNOTATION_ROTATED_AT, Bind9Cluster, Bind9Instance, EVENT_RNDC_KEY_ROTATED,
-    EVENT_RNDC_KEY_ROTATION_FAILED, LABEL_RNDC_KEY, LABEL_RNDC_KEY_VALUE, RndcKeyRotationStatus,
+    Bind9Cluster, Bind9Instance, EVENT_RNDC_KEY_ROTATED, EVENT_RNDC_KEY_ROTATION_FAILED,
+    LABEL_RNDC_KEY, LABEL_RNDC_KEY_VALUE, RndcKeyRotationStatus,
 };
 use crate::cache::SharedStores;
 use crate::metrics::{ApiErrorLabels, InstanceLabels, Metrics, ResultLabels};
 use crate::policy::{
-    ConfigSource, PolicyConfig, Role, RotationPlan, SecretAction, effective_config, rotation_status,
+    ConfigSource, PolicyConfig, Role, RotationPlan, SecretAction, audit, effective_config,
+    key_revision,
 };
 
 /// How long a write we made may take to show up in the watch cache before we stop waiting.
@@ -237,6 +240,14 @@ impl Caches {
         })
     }
 
+    /// The Secret the cached Deployment's pods mount as their RNDC key.
+    pub(super) fn mounted_secret(&self, namespace: &str, name: &str) -> Option<String> {
+        lookup_compact(&self.deployments, namespace, name, |d| {
+            d.mounted_secret().map(str::to_owned)
+        })
+        .flatten()
+    }
+
     /// The cached instance.
     pub(super) fn instance(&self, namespace: &str, name: &str) -> Option<Arc<Bind9Instance>> {
         lookup(&self.instances, namespace, name)
@@ -273,6 +284,13 @@ pub struct Context {
     /// Objects we wrote, by `kind/ns/name`, with the resourceVersion the write returned: until the
     /// cache shows that version the cached object is stale and must not be planned from.
     written: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
+    /// The resourceVersion of our last write of each Secret: a key in a version we did not
+    /// write was changed by someone else (see [`FOREIGN_KEY_GRACE`]).
+    own_secret_versions: Mutex<HashMap<SecretKey, String>>,
+    /// Whether the installed schema prunes rndc-warden's own status fields
+    /// (`rndcKeyRotationStatus`, `rndcSecretVersion`), as the Bindy operator's CRDs do: learnt
+    /// from the first status write, after which they are no longer sent.
+    own_status_pruned: AtomicBool,
 }
 
 impl Context {
@@ -305,7 +323,43 @@ impl Context {
             recorder,
             reload_memory: Mutex::new(ReloadMemory::default()),
             written: Mutex::new(HashMap::new()),
+            own_secret_versions: Mutex::new(HashMap::new()),
+            own_status_pruned: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the installed schema prunes rndc-warden's own status fields.
+    pub(super) fn own_status_pruned(&self) -> bool {
+        self.own_status_pruned.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a status write that sent rndc-warden's own fields kept them.
+    pub(super) fn learn_status_schema(&self, sent_own: bool, written: &Bind9Instance) {
+        let status = written.status.as_ref();
+        if sent_own
+            && status.is_none_or(|s| {
+                s.rndc_key_rotation_status.is_none() && s.rndc_secret_version.is_none()
+            })
+            && !self.own_status_pruned.swap(true, Ordering::Relaxed)
+        {
+            tracing::info!(
+                "the installed Bind9Instance schema prunes status.rndcKeyRotationStatus and \
+                 status.rndcSecretVersion (the Bindy operator's CRDs); writing only \
+                 status.rndcKeyRotation"
+            );
+        }
+    }
+
+    /// Whether `secret` (its resourceVersion) is what our last write of it returned.
+    pub(super) fn wrote_version(&self, namespace: &str, secret: &Secret) -> bool {
+        let (Some(name), Some(rv)) = (&secret.metadata.name, &secret.metadata.resource_version)
+        else {
+            return false;
+        };
+        self.own_secret_versions.lock().is_ok_and(|v| {
+            v.get(&(namespace.to_owned(), name.clone()))
+                .is_some_and(|ours| ours == rv)
+        })
     }
 
     pub(super) fn note_written<K: Resource>(&self, kind: &str, object: &K) {
@@ -314,6 +368,11 @@ impl Context {
             (&meta.namespace, &meta.name, &meta.resource_version)
             && let Ok(mut written) = self.written.lock()
         {
+            if kind == "Secret"
+                && let Ok(mut own) = self.own_secret_versions.lock()
+            {
+                own.insert((ns.clone(), name.clone()), rv.clone());
+            }
             written.insert(
                 format!("{kind}/{ns}/{name}"),
                 (rv.clone(), tokio::time::Instant::now()),
@@ -336,7 +395,9 @@ impl Context {
         match written.get(&key) {
             None => true,
             Some((rv, at)) => {
-                if cached_rv == Some(rv.as_str()) || at.elapsed() > SETTLE_TIMEOUT {
+                if cached_rv.is_some_and(|cached| at_or_after(cached, rv))
+                    || at.elapsed() > SETTLE_TIMEOUT
+                {
                     written.remove(&key);
                     true
                 } else {
@@ -371,6 +432,16 @@ impl Context {
 
 use std::future::Future;
 
+/// Whether the cached resourceVersion `cached` shows our write `ours` or a later one. Versions
+/// are etcd revisions (decimal); a later write by someone else (e.g. a back-dated created-at
+/// right after we provisioned) must not keep the object "unsettled" until the timeout.
+fn at_or_after(cached: &str, ours: &str) -> bool {
+    match (cached.parse::<u64>(), ours.parse::<u64>()) {
+        (Ok(c), Ok(o)) => c >= o,
+        _ => cached == ours,
+    }
+}
+
 pub(super) fn is_status(error: &Error, code: u16) -> bool {
     matches!(error, Error::Kube { source: kube::Error::Api(s), .. } if s.code == code)
 }
@@ -391,6 +462,11 @@ pub(super) fn group(ctx: &Context) -> BTreeMap<SecretKey, Vec<Member>> {
 /// (`None`, logged: the configuration cannot be worked out).
 fn member_of(ctx: &Context, instance: Arc<Bind9Instance>) -> Option<(SecretKey, Member)> {
     let namespace = instance.namespace()?;
+    if instance.metadata.deletion_timestamp.is_some() {
+        // Being deleted: its Secret is neither created, re-created, rotated nor rolled (the
+        // operator's finalizer and garbage collection remove it; nothing is left behind).
+        return None;
+    }
     let cluster = instance
         .spec
         .cluster_ref
@@ -417,8 +493,16 @@ fn member_of(ctx: &Context, instance: Arc<Bind9Instance>) -> Option<(SecretKey, 
         }),
         _ => None,
     };
-    let key = (namespace, config.secret_name.clone());
-    let user = SecretUser::new(&instance, config, inline);
+    let deployment_name = ctx.args.deployment_name(&instance.name_any());
+    let mounted = ctx.caches.mounted_secret(&namespace, &deployment_name);
+    let config = super::naming::resolve(config, mounted.as_deref());
+    let key = (namespace.clone(), config.secret_name.clone());
+    let mut user = SecretUser::new(&instance, config, inline);
+    let recorded = ctx
+        .caches
+        .deployment(&namespace, &deployment_name)
+        .and_then(|d| record_of(&d).1);
+    user.known_count = user.known_count.max(recorded);
     Some((key, Member { instance, user }))
 }
 
@@ -453,10 +537,31 @@ fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>
         .as_ref()
         .and_then(|s| s.metadata.resource_version.clone());
     if !ctx.settled("Secret", namespace, name, secret_rv.as_deref()) {
-        return idle;
+        // Look again soon: the watch shows our write within moments.
+        return Assessment {
+            work: false,
+            next_wake: Some(now + chrono::TimeDelta::seconds(1)),
+        };
     }
     let users: Vec<SecretUser> = members.iter().map(|m| m.user.clone()).collect();
-    let plan = match plan_secret(&users, secret.as_deref(), &ctx.policy, now) {
+    if secret.is_none()
+        && governing(&users).is_some()
+        && ctx.caches.secret_version(namespace, name).is_some()
+    {
+        // A managed Secret exists without the rndc-key label (the Bindy operator creates it
+        // that way): the worker reads it and takes it over (label, annotations, repairs).
+        return Assessment {
+            work: true,
+            next_wake: None,
+        };
+    }
+    let plan = match plan_secret(
+        &users,
+        secret.as_deref(),
+        &ctx.policy,
+        now,
+        ctx.args.provision,
+    ) {
         Ok(plan) => plan,
         Err(reason) => {
             tracing::debug!(secret = %format!("{namespace}/{name}"), %reason, "not acting on Secret");
@@ -464,33 +569,71 @@ fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>
         }
     };
     for m in members {
-        let labels = InstanceLabels {
-            namespace: namespace.clone(),
-            instance: m.user.instance.clone(),
-        };
-        match plan.next_wake.filter(|_| m.user.config.rotates()) {
-            Some(at) => {
-                ctx.metrics
-                    .rotation_seconds_until
-                    .get_or_create(&labels)
-                    .set(seconds_until(at, now));
-            }
-            None => {
-                ctx.metrics.rotation_seconds_until.remove(&labels);
-            }
-        }
+        key_gauges(ctx, namespace, m, secret.as_deref(), now);
     }
     let mut work = plan.action != SecretAction::Nothing;
+    let mut next_wake = plan.next_wake;
     if !work && let Some(secret) = secret.as_deref() {
-        work = members.iter().any(|m| {
-            (rotator_rolls(ctx, m)
-                && rollout_pending(ctx, namespace, &m.user.instance, &plan, secret))
-                || status_pending(ctx, m, secret)
-        });
+        for m in members {
+            if rotator_rolls(ctx, m) {
+                match rollout_pending(ctx, namespace, &m.user.instance, &plan, secret, now) {
+                    Pending::Now => work = true,
+                    Pending::At(at) => next_wake = Some(next_wake.map_or(at, |w| w.min(at))),
+                    Pending::No => {}
+                }
+            }
+            work = work || status_pending(ctx, m, secret);
+        }
     }
-    Assessment {
-        work,
-        next_wake: plan.next_wake,
+    Assessment { work, next_wake }
+}
+
+/// The per-instance key gauges: seconds until the key is due (negative when overdue, from the
+/// Secret's `rndc-created-at` and the effective `rotateAfter`, whatever the rotator plans; at
+/// most 0 for a key below policy, which is due at once), and whether the key is below policy.
+fn key_gauges(
+    ctx: &Context,
+    namespace: &str,
+    member: &Member,
+    secret: Option<&Secret>,
+    now: DateTime<Utc>,
+) {
+    let labels = InstanceLabels {
+        namespace: namespace.to_owned(),
+        instance: member.user.instance.clone(),
+    };
+    let config = &member.user.config;
+    let below = secret.is_some_and(|s| {
+        audit(config, Some(s), now, &ctx.policy).verdict == crate::policy::Verdict::Fail
+    });
+    ctx.metrics
+        .key_below_policy
+        .get_or_create(&labels)
+        .set(i64::from(below));
+    let due_at = secret
+        .and_then(|s| crate::policy::KeyAnnotations::of(s).created_at)
+        .map(|created| created + config.rotate_after.as_time_delta());
+    match due_at.filter(|_| config.rotates()) {
+        Some(at) => {
+            let mut until = seconds_until(at, now);
+            if below {
+                until = until.min(0.0);
+            }
+            ctx.metrics
+                .rotation_seconds_until
+                .get_or_create(&labels)
+                .set(until);
+        }
+        None if config.rotates() && secret.is_some() => {
+            // Rotating, but the Secret has no creation time yet: due now.
+            ctx.metrics
+                .rotation_seconds_until
+                .get_or_create(&labels)
+                .set(0.0);
+        }
+        None => {
+            ctx.metrics.rotation_seconds_until.remove(&labels);
+        }
     }
 }
 
@@ -506,27 +649,58 @@ pub(super) fn strategy_of(ctx: &Context, instance: &Bind9Instance) -> ReloadStra
     ReloadStrategy::for_instance(instance.annotations(), ctx.args.reload_strategy)
 }
 
+/// Whether an instance's Deployment is to be rolled onto the key in `secret`.
+enum Pending {
+    /// Not needed (the pods run the key, or there is no Deployment).
+    No,
+    /// Needed now.
+    Now,
+    /// Needed, but not before this time.
+    At(DateTime<Utc>),
+}
+
+/// How long a key someone else wrote (the Bindy operator rotating or re-creating) is left to
+/// them to roll out: the operator patches its marker right after its own rotation, and that
+/// marker covers the key, so there is one rollout per key revision whichever operator acts first.
+const FOREIGN_KEY_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
 fn rollout_pending(
     ctx: &Context,
     namespace: &str,
     instance: &str,
     plan: &RotationPlan,
     secret: &Secret,
-) -> bool {
+    now: DateTime<Utc>,
+) -> Pending {
     let name = ctx.args.deployment_name(instance);
     let Some(deployment) = ctx.caches.deployment(namespace, &name) else {
-        return false;
+        return Pending::No;
     };
-    ctx.settled(
+    if !ctx.settled(
         "Deployment",
         namespace,
         &name,
         deployment.metadata.resource_version.as_deref(),
-    ) && needs_roll(plan, &deployment, secret)
+    ) {
+        return Pending::No;
+    }
+    if !needs_roll(plan, &deployment, secret) {
+        return if record_stale(&deployment, secret) {
+            Pending::Now
+        } else {
+            Pending::No
+        };
+    }
+    let ours = ctx.wrote_version(namespace, secret);
+    let created = crate::policy::KeyAnnotations::of(secret).created_at;
+    match created.map(|c| c + FOREIGN_KEY_GRACE) {
+        Some(until) if !ours && now < until => Pending::At(until),
+        _ => Pending::Now,
+    }
 }
 
 fn status_pending(ctx: &Context, member: &Member, secret: &Secret) -> bool {
-    let Some(desired) = rotation_status(secret, &member.user.config) else {
+    let Some(desired) = key_status(secret, &member.user.config) else {
         return false;
     };
     let instance = &member.instance;
@@ -536,7 +710,7 @@ fn status_pending(ctx: &Context, member: &Member, secret: &Secret) -> bool {
         &ns,
         &instance.name_any(),
         instance.metadata.resource_version.as_deref(),
-    ) && !status_in_sync(instance.status.as_ref(), &desired)
+    ) && !status_in_sync(instance.status.as_ref(), &desired, ctx.own_status_pruned())
 }
 
 /// The scheduler: passes over every Secret on watch events, at the earliest due time and every
@@ -661,6 +835,10 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
         .caches
         .labelled_secret(namespace, name)
         .map(Arc::unwrap_or_clone);
+    if secret.is_none() && ctx.caches.secret_version(namespace, name).is_some() {
+        // Not labelled (yet): read it whole to take it over.
+        secret = ctx.call("get", what, secrets.get_opt(name)).await?;
+    }
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
@@ -674,7 +852,13 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
             break Err(Error::Contended(what()));
         }
         let now = Utc::now();
-        let current = match plan_secret(&users, secret.as_ref(), &ctx.policy, now) {
+        let current = match plan_secret(
+            &users,
+            secret.as_ref(),
+            &ctx.policy,
+            now,
+            ctx.args.provision,
+        ) {
             Ok(p) => p,
             Err(reason) => break Err(Error::Refused(reason)),
         };
@@ -706,13 +890,9 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
                         Ok(s)
                     }
                     Err(e) if is_status(&e, 409) => {
-                        // It exists but our (label-selected) cache does not show it: adopt it.
+                        // It exists but our (label-selected) cache does not show it: read it and
+                        // decide again (it is taken over: label, annotations, repairs).
                         match ctx.call("get", what, secrets.get_opt(name)).await {
-                            Ok(Some(existing)) if lacks_label(&existing) => {
-                                let labelled = render_annotate(&existing, &BTreeMap::new(), &[]);
-                                ctx.call("update", what, secrets.replace(name, &post, &labelled))
-                                    .await
-                            }
                             Ok(existing) => {
                                 secret = existing;
                                 continue;
@@ -745,8 +925,9 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
                     secret = %format!("{namespace}/{name}"), rotation, %reason, %algorithm,
                     "Rotating RNDC Secret {namespace}/{name} (rotation #{rotation})"
                 );
-                // Only the key entries, the annotations and the label, with the version the
-                // decision was made on as precondition: the cached copy is not the whole object.
+                // One write that leaves the Secret valid: the four key entries (a key of the
+                // algorithm's length), the annotations and the label, with the version the
+                // decision was made on as precondition (the cached copy is not the whole object).
                 let patch = rotation_patch(cur, data, &annotations);
                 let replaced = ctx
                     .call(
@@ -840,7 +1021,7 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
         {
             problems.push(e.to_string());
         }
-        if let Some(desired) = rotation_status(&secret, &m.user.config)
+        if let Some(desired) = key_status(&secret, &m.user.config)
             && let Err(e) = write_status(ctx, &m.instance, &desired).await
         {
             problems.push(e.to_string());
@@ -885,7 +1066,10 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
     }
 }
 
-/// Patches the instance's Deployment marker when it differs from the key revision.
+/// Rolls the instance's Deployment onto the key in `secret` when its pods do not run it yet
+/// ([`needs_roll`]; the marker is the key's `rndc-created-at`), recording the key revision in
+/// rndc-warden's own Deployment annotations in the same patch; refreshes a stale record without
+/// a rollout ([`record_stale`]).
 async fn roll(
     ctx: &Context,
     namespace: &str,
@@ -895,7 +1079,7 @@ async fn roll(
     after_rotation: bool,
 ) -> Result<(), Error> {
     let name = ctx.args.deployment_name(instance);
-    let Some(marker) = plan.marker.clone() else {
+    let Some(marker) = key_revision(secret) else {
         return Ok(());
     };
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
@@ -908,13 +1092,15 @@ async fn roll(
         let Some(deployment) = current.as_ref() else {
             return Ok(());
         };
-        if !needs_roll(plan, deployment, secret) {
+        let rolls = if after_rotation {
+            needs_roll_after_rotation(deployment, secret)
+        } else {
+            needs_roll(plan, deployment, secret)
+        };
+        if !rolls && !record_stale(deployment, secret) {
             return Ok(());
         }
-        let patch = json!({
-            "metadata": { "resourceVersion": deployment.metadata.resource_version },
-            "spec": { "template": { "metadata": { "annotations": { ANNOTATION_ROTATED_AT: marker } } } }
-        });
+        let patch = rollout_patch(deployment, secret, rolls.then_some(marker.as_str()));
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
@@ -929,11 +1115,17 @@ async fn roll(
         {
             Ok(patched) => {
                 ctx.note_written("Deployment", &patched);
-                if after_rotation {
+                if !rolls {
+                    tracing::debug!(
+                        "Recorded the RNDC key revision of Deployment {namespace}/{name}"
+                    );
+                } else if after_rotation {
+                    count_reload(ctx, "success");
                     tracing::info!(
                         "Triggered Deployment {namespace}/{name} rollout after RNDC rotation"
                     );
                 } else {
+                    count_reload(ctx, "success");
                     tracing::info!(marker = %marker, "Triggered Deployment {namespace}/{name} rollout onto the current RNDC key");
                 }
                 return Ok(());
@@ -942,10 +1134,24 @@ async fn roll(
                 current = ctx.call("get", what, api.get_opt(&name)).await?;
             }
             Err(e) if is_status(&e, 404) => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) => {
+                if rolls {
+                    count_reload(ctx, "failed");
+                }
+                return Err(e);
+            }
         }
     }
     Err(Error::Contended(what()))
+}
+
+fn count_reload(ctx: &Context, status: &str) {
+    ctx.metrics
+        .secret_reloads
+        .get_or_create(&crate::metrics::ReloadLabels {
+            status: status.to_owned(),
+        })
+        .inc();
 }
 
 fn status_value(desired: &RndcKeyRotationStatus) -> serde_json::Value {
@@ -957,18 +1163,25 @@ fn status_value(desired: &RndcKeyRotationStatus) -> serde_json::Value {
     })
 }
 
-/// Writes `status.rndcKeyRotationStatus` and upstream's `status.rndcKeyRotation` when they differ.
+/// Writes upstream's `status.rndcKeyRotation` (in the Bindy operator's format, so its writer and
+/// ours agree) and rndc-warden's `status.rndcKeyRotationStatus` (unless the schema prunes it)
+/// when they do not already say the same.
 async fn write_status(
     ctx: &Context,
     instance: &Bind9Instance,
     desired: &RndcKeyRotationStatus,
 ) -> Result<(), Error> {
-    patch_instance_status(ctx, instance, |current| {
-        if status_in_sync(current.status.as_ref(), desired) {
+    let pruned = ctx.own_status_pruned();
+    patch_instance_status(ctx, instance, !pruned, |current| {
+        if status_in_sync(current.status.as_ref(), desired, ctx.own_status_pruned()) {
             return None;
         }
         let value = status_value(desired);
-        Some(json!({ "rndcKeyRotationStatus": value, "rndcKeyRotation": value }))
+        Some(if ctx.own_status_pruned() {
+            json!({ "rndcKeyRotation": value })
+        } else {
+            json!({ "rndcKeyRotationStatus": value, "rndcKeyRotation": value })
+        })
     })
     .await
 }
@@ -979,6 +1192,7 @@ async fn write_status(
 pub(super) async fn patch_instance_status(
     ctx: &Context,
     instance: &Bind9Instance,
+    sends_own: bool,
     mut body: impl FnMut(&Bind9Instance) -> Option<serde_json::Value>,
 ) -> Result<(), Error> {
     let namespace = instance.namespace().unwrap_or_default();
@@ -1010,6 +1224,7 @@ pub(super) async fn patch_instance_status(
             .await
         {
             Ok(written) => {
+                ctx.learn_status_schema(sends_own, &written);
                 ctx.note_written("Bind9Instance", &written);
                 return Ok(());
             }

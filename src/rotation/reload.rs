@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use sha2::{Digest, Sha256};
 
+use super::plan::{key_fingerprint, marker_covers};
 use crate::api::{CONDITION_RNDC_SECRET_RELOADED, Condition, DATA_RNDC_KEY};
 use crate::policy::{
     EffectiveKeyConfig, PolicyConfig, SecretChange, format_time, key_revision, same_revision,
@@ -100,12 +101,33 @@ pub struct Loaded<'a> {
     pub status: Option<&'a str>,
     /// The Deployment's pod-template marker `bindy.firestoned.io/rndc-rotated-at`.
     pub marker: Option<&'a str>,
+    /// rndc-warden's record on the Deployment (`rndc-warden/key-revision`: the key fingerprint
+    /// the pods were last rolled or reloaded onto); kept where status fields are pruned.
+    pub record: Option<&'a str>,
 }
 
 impl<'a> Loaded<'a> {
     /// The best record available.
     pub fn revision(&self) -> Option<&'a str> {
-        self.remembered.or(self.status).or(self.marker)
+        self.remembered
+            .or(self.status)
+            .or(self.record)
+            .or(self.marker)
+    }
+
+    /// Whether any record shows the pods run the key of revision `revision` and fingerprint
+    /// `fingerprint`: a record naming it, or a marker that covers it (a time at or after the
+    /// key's creation, compared as instants: whichever operator rolled, rolled onto this key).
+    pub fn covers(&self, revision: &str, fingerprint: Option<&str>) -> bool {
+        let names = |r: Option<&str>| {
+            r.is_some_and(|r| same_revision(r, revision) || Some(r) == fingerprint)
+        };
+        names(self.remembered)
+            || names(self.status)
+            || names(self.record)
+            || self
+                .marker
+                .is_some_and(|m| marker_covers(m, revision) || Some(m) == fingerprint)
     }
 }
 
@@ -211,8 +233,11 @@ pub fn decide(
             Decision::Invalid { revision, reason }
         };
     }
+    let fingerprint = key_fingerprint(secret);
+    if loaded.covers(&revision, fingerprint.as_deref()) {
+        return Decision::Current;
+    }
     match loaded.revision() {
-        Some(current) if same_revision(current, &revision) => Decision::Current,
         Some(current) => Decision::Reload {
             revision,
             previous: current.to_owned(),
@@ -440,6 +465,7 @@ mod tests {
             status: None,
             remembered: None,
             marker: Some(&old),
+            record: None,
         };
         assert!(matches!(
             decide(

@@ -21,19 +21,16 @@ use super::engine::{
     Context, Member, SecretKey, is_status, patch_instance_status, publish, strategy_of,
 };
 use super::exec::{SignalOutcome, SignalRequest, signal_pods};
-use super::plan::marker_of;
+use super::plan::{key_fingerprint, marker_covers, marker_of, record_of, rollout_patch};
 use super::reload::{
     Debouncer, Decision, DesiredCondition, Loaded, REASON_FAILED, REASON_INVALID, REASON_NOT_FOUND,
     REASON_RELOADED, ReloadStrategy, Settled, decide, expected_key_digest,
 };
 use super::store::KeySecret;
 use super::{Error, FIELD_MANAGER};
-use crate::api::{
-    ANNOTATION_ROTATED_AT, Bind9Instance, EVENT_RNDC_SECRET_RELOAD_FAILED,
-    EVENT_RNDC_SECRET_RELOADED,
-};
+use crate::api::{Bind9Instance, EVENT_RNDC_SECRET_RELOAD_FAILED, EVENT_RNDC_SECRET_RELOADED};
 use crate::metrics::ReloadLabels;
-use crate::policy::{key_revision, same_revision};
+use crate::policy::key_revision;
 
 /// An instance: namespace and name.
 type InstanceKey = (String, String);
@@ -219,6 +216,13 @@ impl Reloads {
     ) -> Option<Planned> {
         let (namespace, name) = key;
         let instance = &member.instance;
+        if member.user.config.is_managed() && strategy_of(ctx, instance) == ReloadStrategy::Rollout
+        {
+            // The rotator rolls managed Secrets itself (one rule for both, see
+            // `plan::pods_on_key`), so there is exactly one rollout per key revision.
+            self.debouncer.clear(key);
+            return None;
+        }
         if !ctx.settled(
             "Bind9Instance",
             namespace,
@@ -253,6 +257,7 @@ impl Reloads {
             remembered: remembered.as_deref(),
             status: status_version.as_deref(),
             marker: deployment.as_deref().and_then(marker_of),
+            record: deployment.as_deref().and_then(|d| record_of(d).0),
         };
         let config = &member.user.config;
         let decision = decide(config, secret.map(|s| s.as_ref()), loaded, &ctx.policy, now);
@@ -288,7 +293,11 @@ impl Reloads {
                         ),
                     })));
                 }
-                if status_version.is_none() && remembered.is_none() && !config.is_managed() {
+                if status_version.is_none()
+                    && remembered.is_none()
+                    && !config.is_managed()
+                    && !ctx.own_status_pruned()
+                {
                     return Some(Planned::Now(Job::Adopt { revision }));
                 }
                 None
@@ -297,6 +306,13 @@ impl Reloads {
                 self.debouncer.clear(key);
                 if config.is_managed() {
                     // The pod-template marker and the Secret's created-at are a durable record.
+                    if let Ok(mut memory) = ctx.reload_memory.lock() {
+                        memory.loaded.insert(key.clone(), revision);
+                    }
+                    return None;
+                }
+                if ctx.own_status_pruned() {
+                    // Nowhere durable to write it without a write per instance: remember it.
                     if let Ok(mut memory) = ctx.reload_memory.lock() {
                         memory.loaded.insert(key.clone(), revision);
                     }
@@ -490,9 +506,15 @@ async fn run_job(
                 "RNDC Secret {namespace}/{secret_name} changed; reloading instance {namespace}/{name}"
             );
             let how = match strategy {
-                ReloadStrategy::Rollout => rollout(ctx, namespace, &name, &revision).await,
+                ReloadStrategy::Rollout => rollout(ctx, namespace, &name, &revision, &secret).await,
                 ReloadStrategy::Signal => {
-                    signal(ctx, instance, namespace, &name, &revision, &secret).await
+                    let how = signal(ctx, instance, namespace, &name, &revision, &secret).await;
+                    if how.is_ok()
+                        && let Err(error) = record(ctx, namespace, &name, &secret).await
+                    {
+                        tracing::warn!(%error, "recording the reloaded RNDC key revision failed");
+                    }
+                    how
                 }
             };
             match how {
@@ -553,6 +575,7 @@ async fn rollout(
     namespace: &str,
     instance: &str,
     revision: &str,
+    secret: &Secret,
 ) -> Result<String, Error> {
     let name = ctx.args.deployment_name(instance);
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
@@ -567,13 +590,10 @@ async fn rollout(
                 "no rollout (Deployment {namespace}/{name} does not exist; pods that start read the current key)"
             ));
         };
-        if marker_of(deployment).is_some_and(|m| same_revision(m, revision)) {
+        if marker_of(deployment).is_some_and(|m| marker_covers(m, revision)) {
             return Ok(format!("rollout of Deployment {namespace}/{name}"));
         }
-        let patch = json!({
-            "metadata": { "resourceVersion": deployment.metadata.resource_version },
-            "spec": { "template": { "metadata": { "annotations": { ANNOTATION_ROTATED_AT: revision } } } }
-        });
+        let patch = rollout_patch(deployment, secret, Some(revision));
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
@@ -666,9 +686,53 @@ async fn signal(
         ),
     )
     .await;
-    rollout(ctx, namespace, name, revision)
+    rollout(ctx, namespace, name, revision, secret)
         .await
         .map(|how| format!("{how} (fallback from signal: {why})"))
+}
+
+/// Records on the instance's Deployment (metadata only: no rollout) the key revision its pods
+/// were reloaded onto, where no status field can prune or replace it.
+async fn record(
+    ctx: &Context,
+    namespace: &str,
+    instance: &str,
+    secret: &Secret,
+) -> Result<(), Error> {
+    let name = ctx.args.deployment_name(instance);
+    let Some(deployment) = ctx.caches.deployment(namespace, &name) else {
+        return Ok(());
+    };
+    if record_of(&deployment).0.is_some()
+        && record_of(&deployment).0 == key_fingerprint(secret).as_deref()
+    {
+        return Ok(());
+    }
+    let mut patch = rollout_patch(&deployment, secret, None);
+    // A metadata-only merge; no precondition needed (it touches only rndc-warden's keys).
+    if let Some(meta) = patch.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.remove("resourceVersion");
+    }
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    match ctx
+        .call(
+            "patch",
+            || format!("Deployment {namespace}/{name}"),
+            api.patch(&name, &params, &Patch::Merge(&patch)),
+        )
+        .await
+    {
+        Ok(patched) => {
+            ctx.note_written("Deployment", &patched);
+            Ok(())
+        }
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes `status.rndcSecretVersion` and/or the `RndcSecretReloaded` condition when they differ.
@@ -678,7 +742,11 @@ async fn write_status(
     version: Option<&str>,
     condition: Option<&DesiredCondition>,
 ) -> Result<(), Error> {
-    patch_instance_status(ctx, instance, |current| {
+    let version = version.filter(|_| !ctx.own_status_pruned());
+    if version.is_none() && condition.is_none() {
+        return Ok(());
+    }
+    patch_instance_status(ctx, instance, version.is_some(), |current| {
         let status = current.status.as_ref();
         let conditions = status.and_then(|s| s.conditions.as_deref());
         let version_ok = version

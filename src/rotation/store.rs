@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Secret};
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, Secret, SecretVolumeSource, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -22,6 +22,7 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
+use super::plan::{ANNOTATION_KEY_REVISION, ANNOTATION_RECORDED_COUNT};
 use crate::api::ANNOTATION_ROTATED_AT;
 
 /// Objects by namespace, then name (lookups borrow both, and each namespace is stored once).
@@ -278,19 +279,27 @@ pub fn secret_version(meta: kube::core::PartialObjectMeta<Secret>) -> SecretVers
     boxed(meta.metadata.resource_version)
 }
 
-/// What the rotator reads of a Deployment: identity, version, creation time and the rollout
-/// marker on its pod template.
+/// What the rotator reads of a Deployment: identity, version, creation time, the rollout
+/// marker on its pod template, the Secret its pods mount as their RNDC key
+/// ([`super::naming::mounted_rndc_secret`]) and rndc-warden's own record of the key revision
+/// (and rotation count) its pods were last rolled or reloaded onto.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentMarker {
     uid: Option<Box<str>>,
     resource_version: Option<Box<str>>,
     creation_timestamp: Option<Time>,
     marker: Option<Box<str>>,
+    mounted_secret: Option<Box<str>>,
+    record: Pairs,
 }
+
+/// The Deployment annotations a [`DeploymentMarker`] keeps.
+const RECORD_ANNOTATIONS: [&str; 2] = [ANNOTATION_KEY_REVISION, ANNOTATION_RECORDED_COUNT];
 
 impl DeploymentMarker {
     /// The compact copy of `deployment`.
     pub fn new(deployment: Deployment) -> Self {
+        let mounted_secret = super::naming::mounted_rndc_secret(&deployment).map(str::to_owned);
         let marker = deployment
             .spec
             .template
@@ -298,18 +307,49 @@ impl DeploymentMarker {
             .and_then(|m| m.annotations)
             .and_then(|mut a| a.remove(ANNOTATION_ROTATED_AT));
         let meta = deployment.metadata;
+        let record = meta
+            .annotations
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| RECORD_ANNOTATIONS.contains(&k.as_str()))
+            .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+            .collect();
         Self {
             uid: boxed(meta.uid),
             resource_version: boxed(meta.resource_version),
             creation_timestamp: meta.creation_timestamp,
             marker: boxed(marker),
+            mounted_secret: boxed(mounted_secret),
+            record,
         }
+    }
+
+    /// The Secret the pods mount as their RNDC key, if the Deployment has such a volume.
+    pub fn mounted_secret(&self) -> Option<&str> {
+        self.mounted_secret.as_deref()
     }
 
     /// The Deployment `namespace/name` with only these fields (for decisions, never written).
     pub fn to_deployment(&self, namespace: &str, name: &str) -> Deployment {
         let annotations = self.marker.as_deref().map(|m| {
             std::collections::BTreeMap::from([(ANNOTATION_ROTATED_AT.to_owned(), m.to_owned())])
+        });
+        let record = (!self.record.is_empty()).then(|| {
+            self.record
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        });
+        let pod_spec = self.mounted_secret.as_deref().map(|secret| PodSpec {
+            volumes: Some(vec![Volume {
+                name: super::naming::RNDC_KEY_VOLUME.to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.to_owned()),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            }]),
+            ..PodSpec::default()
         });
         Deployment {
             metadata: ObjectMeta {
@@ -318,6 +358,7 @@ impl DeploymentMarker {
                 uid: self.uid.as_deref().map(str::to_owned),
                 resource_version: self.resource_version.as_deref().map(str::to_owned),
                 creation_timestamp: self.creation_timestamp.clone(),
+                annotations: record,
                 ..ObjectMeta::default()
             },
             spec: DeploymentSpec {
@@ -326,7 +367,7 @@ impl DeploymentMarker {
                         annotations,
                         ..ObjectMeta::default()
                     }),
-                    spec: None,
+                    spec: pod_spec,
                 },
                 ..DeploymentSpec::default()
             },

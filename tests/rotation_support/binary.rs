@@ -20,8 +20,24 @@ pub struct WardenProcess {
 
 impl WardenProcess {
     /// A replica named `name` (its Lease identity, so a restarted replica is the same holder)
-    /// watching `namespace` with its Lease there, acting as `kubeconfig`, with `extra` flags.
+    /// watching `namespace` with its Lease there, acting as `kubeconfig`, with `extra` flags, for
+    /// standalone use (no Bindy operator: `--provision true`).
     pub fn new(name: &str, kubeconfig: &Path, namespace: &str, extra: &[&str]) -> WardenProcess {
+        let mut process = Self::beside_bindy(name, kubeconfig, namespace, extra);
+        process
+            .args
+            .extend(["--provision".to_owned(), "true".to_owned()]);
+        process
+    }
+
+    /// [`WardenProcess::new`] with the default flags beside the Bindy operator (no
+    /// provisioning).
+    pub fn beside_bindy(
+        name: &str,
+        kubeconfig: &Path,
+        namespace: &str,
+        extra: &[&str],
+    ) -> WardenProcess {
         let mut args: Vec<String> = [
             "serve",
             "--rotation",

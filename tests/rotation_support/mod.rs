@@ -99,6 +99,13 @@ impl RotationEnv {
         crds: &str,
         rules: Vec<PolicyRule>,
     ) -> RotationEnv {
+        if let Some(filter) = std::env::var_os("E2E_LOG") {
+            // Logs of the in-process rotator, e.g. E2E_LOG=rndc_warden=debug.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter.to_string_lossy()))
+                .with_test_writer()
+                .try_init();
+        }
         let env = TestEnv::new(name).await.expect("test env");
         apply_crds(&env.client, crds, WAIT).await.expect("CRDs");
         let role_name = format!("rotator-{}", env.ns.name());
@@ -239,7 +246,17 @@ impl RotationEnv {
         &self.env.client
     }
 
+    /// The rotator's flags for standalone use (no Bindy operator): it provisions missing
+    /// managed Secrets itself (`--provision true`).
     pub fn args(&self) -> RotationArgs {
+        RotationArgs {
+            provision: true,
+            ..self.args_beside_bindy()
+        }
+    }
+
+    /// The rotator's flags with the defaults (beside the Bindy operator: no provisioning).
+    pub fn args_beside_bindy(&self) -> RotationArgs {
         RotationArgs {
             lease_namespace: self.ns().to_owned(),
             namespaces: vec![self.ns().to_owned()],
@@ -598,7 +615,7 @@ pub async fn create_key_secret(
         .expect("create key secret")
 }
 
-/// What is wrong with instance `name` (Secret `<name>-rndc`, Deployment `<name>`) against the
+/// What is wrong with instance `name` (Secret `<name>-rndc-key`, Deployment `<name>`) against the
 /// end state of a rotation: a valid `algorithm` key, `count` rotations, the Deployment marker
 /// equal to `rndc-created-at`, and both status blocks mirroring the Secret. Empty when all holds.
 pub fn converged_problems(
@@ -714,7 +731,7 @@ pub async fn all_converged_problems(
         .flat_map(|name| {
             converged_problems(
                 name,
-                secrets.get(&format!("{name}-rndc")),
+                secrets.get(&format!("{name}-rndc-key")),
                 deployments.get(name),
                 instances.get(name),
                 algorithm,
