@@ -14,7 +14,8 @@
 # BINDY_BIN). A cold debug build takes ~14 min on 2 cores.
 #
 # Environment: BINDY_SRC (default ../shared/upstream/bindy beside the work tree), BINDY_CACHE
-# (default the cache directory above).
+# (default the cache directory above), BINDY_TOOLCHAIN (default stable: bindy's
+# rust-toolchain.toml pins 1.94, which cannot be downloaded offline; any installed >= 1.95 works).
 set -euo pipefail
 
 BINDY_COMMIT=ac9ea2a
@@ -41,6 +42,15 @@ stamp="$cache/bin/bindy.stamp"
 mkdir -p "$cache/bin"
 
 command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH (bindy needs a Rust toolchain; stable >= 1.95 works)"
+toolchain=${BINDY_TOOLCHAIN:-stable}
+if command -v rustup >/dev/null 2>&1; then
+  # Without the override rustup would try to install the 1.94 that bindy's rust-toolchain.toml pins.
+  export RUSTUP_TOOLCHAIN=$toolchain
+  rustc_version=$(rustc --version 2>/dev/null) \
+    || die "the Rust toolchain '$toolchain' is not installed; set BINDY_TOOLCHAIN to an installed toolchain >= 1.95 (rustup toolchain list)"
+else
+  rustc_version=$(rustc --version 2>/dev/null) || die "rustc is not on PATH"
+fi
 command -v sha256sum >/dev/null 2>&1 || die "sha256sum is missing (coreutils)"
 
 # One build at a time (parallel test binaries, CI and a developer may all ask at once).
@@ -106,13 +116,11 @@ OLD_PORT=$old_port NEW_PORT=$new_port OLD_ADDR=$old_addr NEW_ADDR=$new_addr \
 grep -q 'BINDY_METRICS_PORT' "$constants" && grep -q '"127.0.0.1"' "$constants" || die "patching $constants failed"
 (cd "$src" && diff -u src/constants.rs "$constants" >"$cache/metrics-listener.patch") || true
 
-log "building bindy $BINDY_VERSION ($BINDY_COMMIT) in $work (cold: ~14 min on 2 cores; log: $cache/build.log)"
+log "building bindy $BINDY_VERSION ($BINDY_COMMIT) with $rustc_version in $work (cold: ~14 min on 2 cores; log: $cache/build.log)"
 start=$SECONDS
 if ! (
   cd "$work"
-  # rust-toolchain.toml pins 1.94, which cannot be downloaded offline; stable (1.95) builds it.
-  RUSTUP_TOOLCHAIN=stable \
-    SWAGGER_UI_DOWNLOAD_URL="file://$stub" \
+  SWAGGER_UI_DOWNLOAD_URL="file://$stub" \
     CARGO_TARGET_DIR="$cache/target" \
     CARGO_TERM_COLOR=never \
     cargo build --locked --bin bindy
