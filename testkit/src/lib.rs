@@ -17,12 +17,14 @@
 //!
 //! Layout:
 //! - [`bins`]: finding/building kube-apiserver, etcd, kubectl, helm;
+//! - [`bindy`]: the real Bindy operator (built once by `scripts/bindy-bin.sh`);
 //! - [`control_plane`]: [`ControlPlane`] and the per-binary [`shared_control_plane`];
 //! - [`namespace`]: [`TestNamespace`], ServiceAccount [`Identity`];
 //! - [`webhook`]: registration by URL + caBundle, [`StubWebhookServer`];
 //! - [`metrics`]: `/metrics` parsing; [`crd`]: CRDs; [`tools`]: kubectl/helm;
 //! - [`named`]: BIND9; [`pki`]: certificates; [`process`]: child processes; [`wait`]: polling.
 
+pub mod bindy;
 pub mod bins;
 pub mod control_plane;
 pub mod crd;
