@@ -404,6 +404,41 @@ fn examples_manifest(files: &[&str], namespace: &str, kinds: &[BindyKind]) -> St
     documents.join("---\n")
 }
 
+/// Writes what both operators made in the namespace as JSON files into `dir` (`BINDY_E2E_DUMP`,
+/// for looking at the shapes): Bindy objects, Deployments, ConfigMaps, Services,
+/// ServiceAccounts, and Secrets with every data value replaced by its length.
+async fn dump_objects(t: &SideBySide, dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("dump directory");
+    let ns = t.ns();
+    for (file, args) in [
+        ("bind9instances", vec!["bind9instances", "-n", ns]),
+        ("bind9clusters", vec!["bind9clusters", "-n", ns]),
+        ("clusterbind9providers", vec!["clusterbind9providers"]),
+        ("deployments", vec!["deployments", "-n", ns]),
+        ("configmaps", vec!["configmaps", "-n", ns]),
+        ("services", vec!["services", "-n", ns]),
+        ("serviceaccounts", vec!["serviceaccounts", "-n", ns]),
+        ("secrets", vec!["secrets", "-n", ns]),
+    ] {
+        let mut list = rotation_support::chart::get_json(&t.env, &args).await;
+        if file == "secrets" {
+            for item in list["items"].as_array_mut().into_iter().flatten() {
+                for value in item["data"]
+                    .as_object_mut()
+                    .into_iter()
+                    .flat_map(|d| d.values_mut())
+                {
+                    let len = value.as_str().map_or(0, str::len);
+                    *value = format!("<redacted: {len} base64 characters>").into();
+                }
+            }
+        }
+        let path = dir.join(format!("{file}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&list).expect("JSON")).expect("dump");
+    }
+    println!("bindy: objects dumped to {}", dir.display());
+}
+
 /// `rndc_warden_admission_requests_total` for `kind`/`operation` on one endpoint.
 fn admitted(metrics: &Metrics, endpoint: &str, kind: &str, operation: &str) -> f64 {
     metrics.sum(
@@ -508,6 +543,10 @@ async fn examples_are_reconciled_and_seen_by_the_webhooks(name: &str, crds: Bind
             "Deployment {name} runs bind9: {:?}",
             instance.containers
         );
+    }
+
+    if let Some(dir) = std::env::var_os("BINDY_E2E_DUMP").filter(|d| !d.is_empty()) {
+        dump_objects(&t, std::path::Path::new(&dir)).await;
     }
 
     // rndc-warden's webhooks saw every Bindy object, the operator's writes included: the
@@ -748,7 +787,23 @@ async fn bindy_and_rndc_warden_run_side_by_side_for_30s_without_error_loops() {
     let warden_warnings = window_lines(&warden_log, warden_log_start, "WARN");
     println!("side by side for {window:?}: objects written {changes:?}");
     for (name, value) in &after {
-        println!("  {name}: {} -> {value}", before[name]);
+        // `+ 0.0`: an empty sum is -0.
+        println!("  {name}: {} -> {}", before[name] + 0.0, value + 0.0);
+    }
+    for (who, metrics, name) in [
+        ("bindy", &bindy_after, "bindy_firestoned_io_errors_total"),
+        (
+            "rndc-warden",
+            &warden_after,
+            "rndc_warden_rotator_api_errors_total",
+        ),
+    ] {
+        for sample in metrics.samples().iter().filter(|s| s.name == name) {
+            println!(
+                "  {who} {name}{:?} = {} (so far)",
+                sample.labels, sample.value
+            );
+        }
     }
     println!(
         "  log lines in the window: bindy {} ERROR, {} WARN; rndc-warden {} ERROR, {} WARN",
@@ -769,6 +824,14 @@ async fn bindy_and_rndc_warden_run_side_by_side_for_30s_without_error_loops() {
 
     // No error loop: neither operator reports errors in the quiet window, and no object is
     // rewritten over and over (the operator requeues every 300 s, rndc-warden resyncs every 5 m).
+    // The counters looked at are the ones exported (a renamed metric would make these checks
+    // vacuous; a labelled family without series is not exported at all, so only the busy
+    // ones can be checked): the operator's reconciliations and rndc-warden's admissions.
+    assert!(after["bindy reconciliations"] > 0.0, "{after:?}");
+    assert!(
+        warden_after.sum("rndc_warden_admission_requests_total", &[]) > 0.0,
+        "rndc-warden counts admissions"
+    );
     let grew = |name: &str| after[name] - before[name];
     assert_eq!(
         grew("bindy errors_total"),

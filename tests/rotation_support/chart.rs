@@ -206,6 +206,20 @@ impl Drop for ChartInstall {
                 self.warden.logs_tail(8000)
             );
         }
+        // The operator's logs are kept on request (testkit `bindy::KEEP_LOGS_ENV`); the
+        // replica's too, beside them in the temporary directory.
+        let keep = std::env::var_os(rndc_warden_testkit::bindy::KEEP_LOGS_ENV)
+            .is_some_and(|v| !v.is_empty() && v != "0");
+        if keep {
+            let path = std::env::temp_dir().join(format!("rndc-warden-{}.log", self.release));
+            match std::fs::write(&path, self.warden.logs()) {
+                Ok(()) => eprintln!(
+                    "rndc-warden: the replica's log is kept in {}",
+                    path.display()
+                ),
+                Err(e) => eprintln!("rndc-warden: keeping the log in {}: {e}", path.display()),
+            }
+        }
         self.uninstall();
     }
 }
