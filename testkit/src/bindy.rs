@@ -309,7 +309,6 @@ impl OperatorSlot {
             Some(yaml) => apply_crds(client, &yaml, Duration::from_secs(60)).await?,
             None => Vec::new(),
         };
-        wait_watch_cache(client, &kinds, Duration::from_secs(120)).await?;
         Ok(OperatorSlot {
             _guard: guard,
             kinds,
@@ -332,51 +331,6 @@ impl OperatorSlot {
     pub fn waited(&self) -> Duration {
         self.waited
     }
-}
-
-/// Waits until the apiserver answers a list of every Bindy kind with `resourceVersion=0` (what
-/// informers such as rndc-warden's caches start with), each attempt bounded by 3 s.
-///
-/// Why: started within about 2 s of the CRDs being created, rndc-warden sometimes never synced
-/// its admission watch caches (`/readyz` false for good, nothing logged): 4 of 8 runs of
-/// `tests/e2e_bindy.rs` without this wait, none of 13 with it. The probe itself has never needed
-/// a second attempt, so what it changes may only be timing; the cause (in rndc-warden's
-/// `src/cache.rs` or the apiserver) is still open, and a test of its own should cover it.
-async fn wait_watch_cache(client: &Client, kinds: &[BindyKind], timeout: Duration) -> Result<()> {
-    let started = Instant::now();
-    for kind in kinds {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource);
-        let params = ListParams::default().match_any().limit(500);
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let list = api.list(&params);
-            let last = match tokio::time::timeout(Duration::from_secs(3), list).await {
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "no answer within 3 s".to_owned(),
-            };
-            if started.elapsed() >= timeout {
-                return Err(Error::Timeout {
-                    what: format!(
-                        "the apiserver's watch cache to serve {}",
-                        kind.resource.plural
-                    ),
-                    seconds: timeout.as_secs(),
-                    detail: format!("; last: {last}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        if attempts > 1 {
-            eprintln!(
-                "bindy: the apiserver served {} from its watch cache after {attempts} attempts ({:?} since the CRDs were applied)",
-                kind.resource.plural,
-                started.elapsed()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Deletes every Bindy object in the cluster, removing finalizers first (no operator runs while

@@ -138,16 +138,18 @@ impl WardenProcess {
         let started = Instant::now();
         loop {
             self.assert_running();
-            if http_get(self.probe, "/readyz")
-                .await
-                .is_ok_and(|b| b.starts_with("ok"))
-            {
+            let answer = http_get(self.probe, "/readyz").await;
+            if answer.as_ref().is_ok_and(|b| b.starts_with("ok")) {
                 return started.elapsed();
             }
             assert!(
                 started.elapsed() < timeout,
-                "{} not ready after {timeout:?}:\n{}",
+                "{} not ready after {timeout:?} (/readyz: {}):\n{}",
                 self.name,
+                match &answer {
+                    Ok(body) => body.trim().to_owned(),
+                    Err(e) => e.to_string(),
+                },
                 self.logs_tail(4000)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
