@@ -590,7 +590,7 @@ fn apiserver_command(
 /// Spawns a process from a thread that lives as long as this process, so that
 /// `PR_SET_PDEATHSIG` (tied to the spawning *thread*) does not kill it when the caller's thread
 /// (e.g. a test runtime's worker) ends.
-fn spawn_from_keeper_thread(
+pub(crate) fn spawn_from_keeper_thread(
     name: &'static str,
     command: Command,
     log: PathBuf,

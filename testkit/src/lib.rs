@@ -17,6 +17,7 @@
 //!
 //! Layout:
 //! - [`bins`]: finding/building kube-apiserver, etcd, kubectl, helm;
+//! - [`bindy`]: the real Bindy operator (built once by `scripts/bindy-bin.sh`);
 //! - [`control_plane`]: [`ControlPlane`] and the per-binary [`shared_control_plane`];
 //! - [`namespace`]: [`TestNamespace`], ServiceAccount [`Identity`];
 //! - [`webhook`]: registration by URL + caBundle, [`StubWebhookServer`];
@@ -24,6 +25,7 @@
 //! - [`named`]: BIND9; [`pki`]: certificates; [`process`]: child processes; [`wait`]: polling;
 //! - [`leaks`]: a marker key planted in requests, and looked for in what comes out.
 
+pub mod bindy;
 pub mod bins;
 pub mod control_plane;
 pub mod crd;

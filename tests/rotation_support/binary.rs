@@ -1,5 +1,6 @@
 //! The real `rndc-warden serve` binary with the rotator on, as a child process that tests can
-//! SIGKILL and start again with the same flags (fresh listen ports each time).
+//! SIGKILL and start again with the same flags (fresh listen ports each time), or started exactly
+//! as the Helm chart's Deployment runs it ([`WardenProcess::like_the_deployment`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +17,14 @@ pub struct WardenProcess {
     child: Option<Child>,
     probe: u16,
     starts: u32,
+    /// The admission port of every start (the port of the chart's `webhook.url`); `None`: a
+    /// fresh port per start.
+    listen: Option<u16>,
+    /// Whether starts pass `--generated-cert-dir` (not with the chart's self-managed
+    /// certificates, which live in a Secret).
+    generated_cert: bool,
+    /// Inherited variables to drop at each start.
+    env_removed: Vec<String>,
 }
 
 impl WardenProcess {
@@ -63,6 +72,62 @@ impl WardenProcess {
             child: None,
             probe: 0,
             starts: 0,
+            listen: None,
+            generated_cert: true,
+            env_removed: Vec::new(),
+        }
+    }
+
+    /// `rndc-warden serve` exactly as the chart's Deployment (`deployment`, as JSON from the
+    /// apiserver) runs it: the container's args and env, downward-API fields resolved for pod
+    /// `name` in `namespace`, acting as `kubeconfig` (the chart ServiceAccount's token). Only the
+    /// listeners move to loopback: admission on `listen` (the port of the chart's `webhook.url`)
+    /// and probes on a fresh port per start. Inherited `RNDC_WARDEN_*` variables are dropped.
+    pub fn like_the_deployment(
+        name: &str,
+        deployment: &serde_json::Value,
+        namespace: &str,
+        kubeconfig: &Path,
+        listen: u16,
+    ) -> WardenProcess {
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let args = container["args"]
+            .as_array()
+            .expect("the chart's container has args")
+            .iter()
+            .map(|a| a.as_str().expect("string arg").to_owned())
+            .collect();
+        let mut envs = Vec::new();
+        for var in container["env"].as_array().expect("the chart's env") {
+            let key = var["name"].as_str().expect("env name");
+            let value = match (
+                &var["value"],
+                var["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+            ) {
+                (serde_json::Value::String(v), _) => v.clone(),
+                (_, Some("metadata.namespace")) => namespace.to_owned(),
+                (_, Some("metadata.name")) => name.to_owned(),
+                other => panic!("env {key}: unsupported source {other:?}"),
+            };
+            envs.push((key.to_owned(), value));
+        }
+        let env_removed = std::env::vars_os()
+            .map(|(key, _)| key.to_string_lossy().into_owned())
+            .filter(|key| key.starts_with("RNDC_WARDEN_"))
+            .collect();
+        WardenProcess {
+            name: name.to_owned(),
+            kubeconfig: kubeconfig.to_owned(),
+            args,
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_rndc-warden")),
+            envs,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            probe: 0,
+            starts: 0,
+            listen: Some(listen),
+            generated_cert: false,
+            env_removed,
         }
     }
 
@@ -89,16 +154,18 @@ impl WardenProcess {
         let started = Instant::now();
         loop {
             self.assert_running();
-            if http_get(self.probe, "/readyz")
-                .await
-                .is_ok_and(|b| b.starts_with("ok"))
-            {
+            let answer = http_get(self.probe, "/readyz").await;
+            if answer.as_ref().is_ok_and(|b| b.starts_with("ok")) {
                 return started.elapsed();
             }
             assert!(
                 started.elapsed() < timeout,
-                "{} not ready after {timeout:?}:\n{}",
+                "{} not ready after {timeout:?} (/readyz: {}):\n{}",
                 self.name,
+                match &answer {
+                    Ok(body) => body.trim().to_owned(),
+                    Err(e) => e.to_string(),
+                },
                 self.logs_tail(4000)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -108,15 +175,23 @@ impl WardenProcess {
     /// Starts the process (again), logging to its own file per start.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
-        let (listen, probe) = (free_port(), free_port());
+        let (listen, probe) = (self.listen.unwrap_or_else(free_port), free_port());
         self.starts += 1;
         let log = self.log_path(self.starts);
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .args(&self.args)
             .args(["--listen", &format!("127.0.0.1:{listen}")])
-            .args(["--probe-listen", &format!("127.0.0.1:{probe}")])
-            .arg("--generated-cert-dir")
-            .arg(self.dir.path().join("certs"))
+            .args(["--probe-listen", &format!("127.0.0.1:{probe}")]);
+        if self.generated_cert {
+            command
+                .arg("--generated-cert-dir")
+                .arg(self.dir.path().join("certs"));
+        }
+        for key in &self.env_removed {
+            command.env_remove(key);
+        }
+        let child = command
             .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("POD_NAMESPACE")
             .env_remove("RUST_LOG")

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod chart;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
