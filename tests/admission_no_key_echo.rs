@@ -11,7 +11,7 @@
 use std::io::Write as _;
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use rndc_warden::cache::ClusterCache;
 use rndc_warden::metrics::Metrics;
 use rndc_warden::policy::PolicyConfig;
 use rndc_warden_testkit::leaks::{self, PlantKind, SHAPES, leak, marker, plant, review};
+use rndc_warden_testkit::process::{Lifetime, ManagedProcess};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -33,20 +34,15 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// The real binary serving admission without a cluster, logging at debug level.
+/// The real binary serving admission without a cluster, logging at debug level. It lives as
+/// long as the test binary: it is spawned from a thread that never ends and gets SIGKILL when
+/// the test process exits (`PR_SET_PDEATHSIG`), so no server outlives the tests.
 struct Server {
-    child: Child,
+    _process: ManagedProcess,
     port: u16,
     ca_pem: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
@@ -56,7 +52,8 @@ impl Server {
         let log = dir.path().join("serve.log");
         let certs = dir.path().join("certs");
         let home = dir.path().join("home");
-        let child = Command::new(env!("CARGO_BIN_EXE_rndc-warden"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rndc-warden"));
+        command
             .args(["serve", "--no-cluster", "--log-level", "debug"])
             .args(["--log-format", format])
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -65,10 +62,8 @@ impl Server {
             .arg(&certs)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("KUBECONFIG", home.join("none"))
-            .env("HOME", &home)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
+            .env("HOME", &home);
+        let process = ManagedProcess::spawn("rndc-warden", command, &log, Lifetime::TiedToParent)
             .expect("spawn rndc-warden");
         let started = Instant::now();
         while !std::net::TcpStream::connect(("127.0.0.1", probe)).is_ok_and(|mut s| {
@@ -86,7 +81,7 @@ impl Server {
         }
         let ca_pem = std::fs::read_to_string(certs.join("ca.crt")).expect("generated CA");
         Server {
-            child,
+            _process: process,
             port,
             ca_pem,
             log,
@@ -140,9 +135,21 @@ struct Servers {
 
 fn servers() -> &'static Servers {
     static SERVERS: std::sync::OnceLock<Servers> = std::sync::OnceLock::new();
-    SERVERS.get_or_init(|| Servers {
-        json: Server::start("json"),
-        text: Server::start("text"),
+    SERVERS.get_or_init(|| {
+        // Spawned from a thread that parks for the life of the process: the servers die with
+        // the test binary, not with the test that happened to start them.
+        let (sender, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let servers = Servers {
+                json: Server::start("json"),
+                text: Server::start("text"),
+            };
+            let _ = sender.send(servers);
+            loop {
+                std::thread::park();
+            }
+        });
+        started.recv().expect("the servers start")
     })
 }
 
