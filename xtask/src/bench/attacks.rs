@@ -114,13 +114,13 @@ impl Scenario {
             ),
             Self::UploadsArray => format!(
                 "2a. {} clients at once POST a 7 MiB valid review with spec.junk: [0,0,…] \
-                 (even clients /validate, odd /mutate), {} rounds; all must be 200 and allowed",
+                 (even clients /validate, odd /mutate), {} round(s); all must be 200 and allowed",
                 p.clients, p.rounds
             ),
             Self::UploadsNested => format!(
                 "2b. {} clients at once POST a 7 MiB valid review with spec.junk: arrays nested \
-                 {} deep (even clients /validate, odd /mutate), {} rounds; all must be 200 and \
-                 allowed",
+                 {} deep (even clients /validate, odd /mutate), {} round(s); all must be 200 \
+                 and allowed",
                 p.clients, p.depth, p.rounds
             ),
             Self::IdleTls => format!(
@@ -145,7 +145,7 @@ impl Scenario {
             Self::IdleTls => 2 * 180 + p.idle_hold_secs as u64,
             Self::NonReader => 120 + p.non_reader_bound_secs as u64,
         };
-        Duration::from_secs(secs + 120)
+        Duration::from_secs(secs + 120 + p.quiet_secs as u64)
     }
 }
 
@@ -159,6 +159,10 @@ pub struct AttackParams {
     /// Keep-alive connections of the small reviews.
     #[arg(long, default_value_t = 4)]
     review_connections: usize,
+    /// Seconds of small reviews alone before each attack, measured apart: what the machine
+    /// allows without an attack (0: none).
+    #[arg(long, default_value_t = 5.0)]
+    quiet_secs: f64,
     /// Data entries (not base64) of the huge denial.
     #[arg(long, default_value_t = 520_000)]
     entries: usize,
@@ -191,6 +195,7 @@ impl AttackParams {
         vec![
             format!("--review-rate={}", self.review_rate),
             format!("--review-connections={}", self.review_connections),
+            format!("--quiet-secs={}", self.quiet_secs),
             format!("--entries={}", self.entries),
             format!("--clients={}", self.clients),
             format!("--rounds={}", self.rounds),
@@ -217,8 +222,10 @@ impl AttackParams {
             "--clients, --rounds and --depth must be positive"
         );
         ensure!(
-            self.idle_hold_secs >= 0.0 && self.non_reader_bound_secs >= 0.0,
-            "--idle-hold-secs and --non-reader-bound-secs must not be negative"
+            self.idle_hold_secs >= 0.0
+                && self.non_reader_bound_secs >= 0.0
+                && self.quiet_secs >= 0.0,
+            "--quiet-secs, --idle-hold-secs and --non-reader-bound-secs must not be negative"
         );
         Ok(())
     }
@@ -319,7 +326,7 @@ impl Figure {
     }
 }
 
-/// Whole numbers as they are, others with three significant digits or so.
+/// Whole numbers as they are, others with four significant digits or so (at least three).
 fn format_number(value: f64) -> String {
     let magnitude = value.abs();
     if (value.fract() == 0.0 && magnitude < 1e15) || magnitude >= 1000.0 {
@@ -328,8 +335,12 @@ fn format_number(value: f64) -> String {
         format!("{value:.1}")
     } else if magnitude >= 10.0 {
         format!("{value:.2}")
-    } else {
+    } else if magnitude >= 0.01 {
         format!("{value:.3}")
+    } else {
+        // Three significant digits: 0.000441, not 0.000.
+        let decimals = (2.0 - magnitude.log10().floor()).clamp(3.0, 12.0) as usize;
+        format!("{value:.decimals$}")
     }
 }
 
@@ -520,8 +531,9 @@ fn render(
     let _ = writeln!(
         out,
         "small reviews alongside every attack: the 2.2 KB fixture, {}/s open loop on {} \
-         connections of their own, latency from the scheduled send time",
-        params.review_rate, params.review_connections
+         connections of their own, latency from the scheduled send time; 'quiet': the same for \
+         {} s on the fresh server before the attack",
+        params.review_rate, params.review_connections, params.quiet_secs
     );
     for (scenario, runs) in results {
         let _ = writeln!(out, "\n{}", scenario.describe(params));
@@ -703,6 +715,8 @@ mod tests {
         assert_eq!(figures[0].shown(), "120 s (bound reached)");
         assert_eq!(figures[1].shown(), "-");
         assert_eq!(format_number(0.0123), "0.012");
+        assert_eq!(format_number(0.000441), "0.000441");
+        assert_eq!(format_number(0.0051), "0.00510");
         assert_eq!(format_number(454.25), "454.2");
         assert_eq!(format_number(2000.0), "2000");
     }

@@ -111,6 +111,10 @@ struct Attack<'a> {
 fn attack(args: &AttackRunArgs) -> Result<AttackReport> {
     let pid = args.server_pid;
     let sampler = Sampler::start(pid)?;
+    let quiet = (args.params.quiet_secs > 0.0)
+        .then(|| load::measure(&small_reviews(args, args.params.quiet_secs, None)))
+        .transpose()
+        .context("the small reviews before the attack")?;
     let idle = Memory::of(pid)?;
     let control = Arc::new(RunControl::default());
     let reviews = start_small_reviews(args, control.clone())?;
@@ -171,6 +175,17 @@ fn attack(args: &AttackRunArgs) -> Result<AttackReport> {
 
     let used = cpu_before.until(&cpu_after, own);
     figures.extend(small_review_figures(&small, &mut notes));
+    if let Some(quiet) = &quiet {
+        figures.extend([
+            Figure::number("small reviews p99, quiet", quiet.latency.p99_ms, "ms"),
+            Figure::number("small reviews max, quiet", quiet.latency.max_ms, "ms"),
+            Figure::number(
+                "small reviews failed, quiet",
+                (quiet.errors + quiet.unsent) as f64,
+                "",
+            ),
+        ]);
+    }
     let memory = Memory::of(pid).ok();
     figures.extend([
         Figure::number("server VmRSS before the attack", idle.rss_mib, "MiB"),
@@ -209,25 +224,31 @@ fn attack(args: &AttackRunArgs) -> Result<AttackReport> {
     })
 }
 
-/// Starts the small reviews on a thread of their own: the open loop of the load generator at
-/// `--review-rate`, ended through `control` when the attack is over.
-fn start_small_reviews(
-    args: &AttackRunArgs,
-    control: Arc<RunControl>,
-) -> Result<std::thread::JoinHandle<Result<LoadReport>>> {
-    let load = LoadArgs {
+/// The small reviews: the open loop of the load generator at `--review-rate` for `secs` after
+/// the warm-up (or until `control` ends it).
+fn small_reviews(args: &AttackRunArgs, secs: f64, control: Option<Arc<RunControl>>) -> LoadArgs {
+    LoadArgs {
         addr: args.addr,
         ca: args.ca.clone(),
         mode: Mode::Open,
         connections: args.params.review_connections,
         warmup_secs: REVIEW_WARMUP_SECS,
-        duration_secs: REVIEW_WINDOW_SECS,
+        duration_secs: secs,
         rate: Some(args.params.review_rate),
         threads: 1,
         output: None,
         request_timeout_secs: REVIEW_TIMEOUT_SECS,
-        control: Some(control),
-    };
+        control,
+    }
+}
+
+/// Starts the small reviews on a thread of their own, ended through `control` when the attack
+/// is over.
+fn start_small_reviews(
+    args: &AttackRunArgs,
+    control: Arc<RunControl>,
+) -> Result<std::thread::JoinHandle<Result<LoadReport>>> {
+    let load = small_reviews(args, REVIEW_WINDOW_SECS, Some(control));
     std::thread::Builder::new()
         .name("small-reviews".into())
         .spawn(move || load::measure(&load))
