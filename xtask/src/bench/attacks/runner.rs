@@ -110,12 +110,12 @@ struct Attack<'a> {
 
 fn attack(args: &AttackRunArgs) -> Result<AttackReport> {
     let pid = args.server_pid;
-    let sampler = Sampler::start(pid)?;
     let quiet = (args.params.quiet_secs > 0.0)
         .then(|| load::measure(&small_reviews(args, args.params.quiet_secs, None)))
         .transpose()
         .context("the small reviews before the attack")?;
     let idle = Memory::of(pid)?;
+    let sampler = Sampler::start(pid)?;
     let control = Arc::new(RunControl::default());
     let reviews = start_small_reviews(args, control.clone())?;
     let Some(start) = control.wait_for_window(REVIEW_SETUP) else {
@@ -836,10 +836,13 @@ async fn non_reader(attack: &mut Attack<'_>) -> Result<Vec<Figure>> {
         tls.write_all(&body).await?;
         tls.flush().await
     };
-    tokio::time::timeout(ATTACK_TIMEOUT, write)
-        .await
-        .context("sending the request timed out")?
-        .context("sending the request")?;
+    // A server that stops reading (a smaller body limit) may close before all is sent: that is
+    // a result, not a failure of the benchmark.
+    let written = match tokio::time::timeout(ATTACK_TIMEOUT, write).await {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("timed out".to_owned()),
+    };
     let sent = Instant::now();
     let mut figures = vec![
         Figure::number("request body", body.len() as f64 / 1e6, "MB"),
@@ -847,8 +850,14 @@ async fn non_reader(attack: &mut Attack<'_>) -> Result<Vec<Figure>> {
             "request sent in",
             sent.duration_since(started).as_secs_f64(),
             "s",
-        ),
+        )
+        .noted(written.as_deref().map(|_| "not all of it")),
     ];
+    if let Some(error) = written {
+        attack
+            .notes
+            .push(format!("sending the request failed: {error}"));
+    }
     drop(body);
 
     let bound = Duration::from_secs_f64(attack.params.non_reader_bound_secs);
