@@ -1,5 +1,8 @@
 //! `cargo xtask bench admission`: a load benchmark of the validating webhook over TLS, next to a
 //! floor server (the cheapest possible axum + rustls webhook) measured in the same run.
+//! `cargo xtask bench attacks`: the resource attacks of issue 11 (a 520k-entry denial, 32
+//! parallel 7 MiB uploads, 4,000 idle connections, a client that never reads) against the release
+//! `rndc-warden serve --no-cluster`, optionally next to a baseline binary.
 //! `cargo xtask bench rotation-memory`: RSS of the release binary with 10,000 instances and key
 //! Secrets cached and the rotator running (`tests/e2e_rotation_memory.rs`).
 //!
@@ -8,6 +11,7 @@
 //! build. Figures are printed, not asserted.
 
 mod admission;
+mod attacks;
 mod cpu;
 mod floor;
 mod load;
@@ -34,6 +38,11 @@ enum BenchTarget {
     /// Drive `rndc-warden serve`'s /validate over TLS and compare it with a floor server:
     /// peak requests/s, latency at half the floor's peak rate, RSS.
     Admission(admission::AdmissionArgs),
+    /// Replay resource attacks (huge denial, parallel 7 MiB uploads, idle TLS connections, a
+    /// non-reading client) against `rndc-warden serve --no-cluster`, each on a fresh process;
+    /// peak RSS, CPU per request and the p99 of small reviews sent alongside, optionally next to
+    /// a baseline binary.
+    Attacks(attacks::AttacksArgs),
     /// RSS of the release `rndc-warden serve` with N instances and N key Secrets cached, the
     /// rotator running (builds `--release`, then runs `tests/e2e_rotation_memory.rs` against it).
     RotationMemory(rotation_memory::RotationMemoryArgs),
@@ -44,12 +53,18 @@ enum BenchTarget {
     /// JSON report.
     #[command(hide = true)]
     Load(load::LoadArgs),
+    /// Internal: one attack scenario against a running server (run from the release binary by
+    /// `bench attacks`); writes a JSON report.
+    #[command(hide = true)]
+    Attack(attacks::AttackRunArgs),
 }
 
 /// Runs one benchmark command.
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     match args.target {
         BenchTarget::Admission(args) => admission::run(args),
+        BenchTarget::Attacks(args) => attacks::run(args),
+        BenchTarget::Attack(args) => attacks::run_attack(args),
         BenchTarget::RotationMemory(args) => rotation_memory::run(args),
         BenchTarget::FloorServer(args) => floor::run(args),
         BenchTarget::Load(args) => load::run(args),

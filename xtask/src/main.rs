@@ -6,6 +6,8 @@
 //!   its Deployment would, examples applied).
 //! - `cargo xtask bench admission`: a load benchmark of the validating webhook against a floor
 //!   server, printed (see `docs/benchmarks.md`).
+//! - `cargo xtask bench attacks`: the resource attacks of issue 11 against the release webhook,
+//!   optionally next to a baseline binary, printed (see `docs/benchmarks.md`).
 //! - `cargo xtask bench rotation-memory`: RSS of the release binary with 10,000 instances and key
 //!   Secrets cached, rotator running, printed (see `docs/benchmarks.md`).
 
@@ -34,7 +36,7 @@ enum Command {
     /// chart's Deployment would, the examples applied (`cargo xtask dev down` stops it).
     Dev(dev::DevArgs),
     /// Benchmarks on release builds: `bench admission` (the HTTPS admission webhook under load),
-    /// `bench rotation-memory` (RSS with 10,000 instances and key Secrets cached).
+    /// `bench attacks` (resource attacks on the webhook), `bench rotation-memory` (RSS with 10,000 instances and key Secrets cached).
     Bench(bench::BenchArgs),
 }
 

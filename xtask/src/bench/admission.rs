@@ -44,23 +44,29 @@ pub struct AdmissionArgs {
 /// How long a server may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a server may take to exit after SIGTERM.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Time a load run may take beyond its warm-up and measured window (connection set-up, drain).
 const LOAD_SLACK: Duration = Duration::from_secs(30);
 /// The bytes of a log shown when something fails.
-const LOG_TAIL: u64 = 4000;
+pub(super) const LOG_TAIL: u64 = 4000;
 
 /// Runs the whole benchmark and prints the results.
 pub fn run(args: AdmissionArgs) -> Result<ExitCode> {
     let machine = Machine::detect();
-    let bins = build_release()?;
+    let bins = build_release(&["rndc-warden", "xtask"])?;
     let work = prepare_work_dir(args.work_dir.clone())?;
     let [ours_port, probe_port, floor_port] = <[u16; 3]>::try_from(free_ports(3)?)
         .map_err(|_| anyhow::anyhow!("free_ports returned the wrong number of ports"))?;
     let ours_addr = SocketAddr::from(([127, 0, 0, 1], ours_port));
     let floor_addr = SocketAddr::from(([127, 0, 0, 1], floor_port));
 
-    let mut ours = start_ours(&bins, &work, ours_addr, probe_port)?;
+    let server = Server {
+        binary: &bins.rndc_warden,
+        args: &[],
+        cert_dir: cert_dir(&work),
+        log: work.join("rndc-warden.log"),
+    };
+    let mut ours = server.start(ours_addr, probe_port)?;
     let idle = Memory::of(ours.pid())?;
     let mut floor = start_floor(&bins, &work, floor_addr)?;
     let bench = LoadRunner {
@@ -147,18 +153,25 @@ fn measure(
     })
 }
 
-/// The release binaries the benchmark runs.
-struct ReleaseBins {
-    rndc_warden: PathBuf,
-    xtask: PathBuf,
+/// The release binaries of this tree (those that were built).
+pub(super) struct ReleaseBins {
+    /// `rndc-warden`.
+    pub rndc_warden: PathBuf,
+    /// `xtask` (the floor server, the load generator, the attacks).
+    pub xtask: PathBuf,
 }
 
-/// `cargo build --release -p rndc-warden -p xtask`, then the paths of the two binaries.
-fn build_release() -> Result<ReleaseBins> {
+/// `cargo build --release -p <package>...` for the packages named (of `rndc-warden` and `xtask`),
+/// then the paths of the two binaries; those built must exist.
+pub(super) fn build_release(packages: &[&str]) -> Result<ReleaseBins> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    println!("==> cargo build --release -p rndc-warden -p xtask");
+    let mut args = vec!["build", "--release"];
+    for package in packages {
+        args.extend(["-p", package]);
+    }
+    println!("==> cargo {}", args.join(" "));
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "rndc-warden", "-p", "xtask"])
+        .args(&args)
         .current_dir(rndc_warden_testkit::bins::workspace_root())
         .status()
         .context("running cargo build --release")?;
@@ -170,9 +183,9 @@ fn build_release() -> Result<ReleaseBins> {
         rndc_warden: release.join("rndc-warden"),
         xtask: release.join("xtask"),
     };
-    for bin in [&bins.rndc_warden, &bins.xtask] {
+    for (package, bin) in [("rndc-warden", &bins.rndc_warden), ("xtask", &bins.xtask)] {
         anyhow::ensure!(
-            bin.is_file(),
+            !packages.contains(&package) || bin.is_file(),
             "{} is missing after the build",
             bin.display()
         );
@@ -180,7 +193,8 @@ fn build_release() -> Result<ReleaseBins> {
     Ok(bins)
 }
 
-fn prepare_work_dir(chosen: Option<PathBuf>) -> Result<PathBuf> {
+/// Empties (or creates) the work directory, by default `<target>/xtask-bench`.
+pub(super) fn prepare_work_dir(chosen: Option<PathBuf>) -> Result<PathBuf> {
     let work = chosen.unwrap_or_else(|| crate::cluster::target_dir().join("xtask-bench"));
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
@@ -189,41 +203,54 @@ fn prepare_work_dir(chosen: Option<PathBuf>) -> Result<PathBuf> {
     Ok(work)
 }
 
-fn cert_dir(work: &Path) -> PathBuf {
+/// Where `serve` writes the CA (`ca.crt`) and serving certificate it generates.
+pub(super) fn cert_dir(work: &Path) -> PathBuf {
     work.join("certs")
 }
 
-/// Starts `rndc-warden serve` (admission only, generated certificate) and waits for `/readyz`.
-fn start_ours(
-    bins: &ReleaseBins,
-    work: &Path,
-    listen: SocketAddr,
-    probe_port: u16,
-) -> Result<ManagedProcess> {
-    let probe = SocketAddr::from(([127, 0, 0, 1], probe_port));
-    let mut command = Command::new(&bins.rndc_warden);
-    command
-        .arg("serve")
-        .arg("--no-cluster")
-        .arg(format!("--listen={listen}"))
-        .arg(format!("--probe-listen={probe}"))
-        .arg("--generated-cert-dir")
-        .arg(cert_dir(work));
-    for var in ["RUST_LOG", "RNDC_WARDEN_TLS_CERT", "RNDC_WARDEN_TLS_KEY"] {
-        command.env_remove(var);
+/// How to start one `rndc-warden serve --no-cluster`.
+pub(super) struct Server<'a> {
+    /// The `rndc-warden` binary.
+    pub binary: &'a Path,
+    /// Extra arguments after the ones every run gets.
+    pub args: &'a [String],
+    /// Where it generates its CA and serving certificate.
+    pub cert_dir: PathBuf,
+    /// Its log (stdout and stderr).
+    pub log: PathBuf,
+}
+
+impl Server<'_> {
+    /// Starts `serve --no-cluster` (admission only, generated certificate) on `listen`, with the
+    /// probe port on 127.0.0.1, and waits for `/readyz`.
+    pub fn start(&self, listen: SocketAddr, probe_port: u16) -> Result<ManagedProcess> {
+        let probe = SocketAddr::from(([127, 0, 0, 1], probe_port));
+        let mut command = Command::new(self.binary);
+        command
+            .arg("serve")
+            .arg("--no-cluster")
+            .arg(format!("--listen={listen}"))
+            .arg(format!("--probe-listen={probe}"))
+            .arg("--generated-cert-dir")
+            .arg(&self.cert_dir)
+            .args(self.args);
+        for var in ["RUST_LOG", "RNDC_WARDEN_TLS_CERT", "RNDC_WARDEN_TLS_KEY"] {
+            command.env_remove(var);
+        }
+        let mut process = ManagedProcess::spawn(
+            "rndc-warden serve",
+            command,
+            &self.log,
+            Lifetime::TiedToParent,
+        )?;
+        wait_until(&mut process, || http_status(probe, "/readyz") == Some(200))?;
+        println!(
+            "==> {} serve ready on https://{listen} (pid {})",
+            self.binary.display(),
+            process.pid()
+        );
+        Ok(process)
     }
-    let mut process = ManagedProcess::spawn(
-        "rndc-warden serve",
-        command,
-        &work.join("rndc-warden.log"),
-        Lifetime::TiedToParent,
-    )?;
-    wait_until(&mut process, || http_status(probe, "/readyz") == Some(200))?;
-    println!(
-        "==> rndc-warden serve ready on https://{listen} (pid {})",
-        process.pid()
-    );
-    Ok(process)
 }
 
 /// Starts the floor server with our generated certificate and waits until it accepts connections.
@@ -252,7 +279,10 @@ fn start_floor(bins: &ReleaseBins, work: &Path, listen: SocketAddr) -> Result<Ma
 }
 
 /// Polls `ready` until it holds; fails with the log when the process exits or time runs out.
-fn wait_until(process: &mut ManagedProcess, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub(super) fn wait_until(
+    process: &mut ManagedProcess,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if ready() {
@@ -278,6 +308,12 @@ fn wait_until(process: &mut ManagedProcess, mut ready: impl FnMut() -> bool) -> 
 
 /// The status code of a plain `GET path` on `addr`, or `None` when there is no answer.
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    http_get(addr, path, 64).map(|(status, _)| status)
+}
+
+/// A plain-HTTP `GET path` on `addr` (`Connection: close`): the status code and up to
+/// `max_bytes` of the response (head and body), or `None` when there is no answer.
+pub(super) fn http_get(addr: SocketAddr, path: &str, max_bytes: usize) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
@@ -285,10 +321,20 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head).ok()?;
-    let line = std::str::from_utf8(&head[..n]).ok()?;
-    line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while response.len() < max_bytes {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n.min(max_bytes - response.len())]),
+            // Enough for a status line at least; the rest timed out or failed.
+            Err(_) if !response.is_empty() => break,
+            Err(_) => return None,
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    Some((status, text))
 }
 
 /// Runs the release load generator as a child process, one run at a time.
@@ -346,19 +392,7 @@ impl LoadRunner<'_> {
         let deadline = Instant::now()
             + Duration::from_secs_f64(args.warmup_secs + args.duration_secs)
             + LOAD_SLACK;
-        let status = loop {
-            if let Some(status) = process.exit_status() {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                process.stop(STOP_GRACE);
-                bail!(
-                    "the load run {label} did not finish in time\n{}",
-                    log_tail(process.log(), LOG_TAIL)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = wait_for_exit(&mut process, deadline, label)?;
         let after = CpuSample::take(server.pid())?;
         if !status.success() {
             bail!(
@@ -391,8 +425,29 @@ impl LoadRunner<'_> {
     }
 }
 
+/// Waits for `process` to exit by `deadline`; stops it and fails with its log after that.
+pub(super) fn wait_for_exit(
+    process: &mut ManagedProcess,
+    deadline: Instant,
+    label: &str,
+) -> Result<std::process::ExitStatus> {
+    loop {
+        if let Some(status) = process.exit_status() {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            process.stop(STOP_GRACE);
+            bail!(
+                "the run {label} did not finish in time\n{}",
+                log_tail(process.log(), LOG_TAIL)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `ours, open loop at 5000/s` → `ours-open-loop-at-5000-s`.
-fn file_name(label: &str) -> String {
+pub(super) fn file_name(label: &str) -> String {
     let mut name = String::new();
     for c in label.chars() {
         if c.is_ascii_alphanumeric() {

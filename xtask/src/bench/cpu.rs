@@ -33,7 +33,7 @@ fn parse_machine_busy_ticks(stat: &str) -> Option<u64> {
 }
 
 /// User + system CPU seconds of process `pid`.
-fn process_cpu_secs(pid: u32) -> Result<f64> {
+pub fn process_cpu_secs(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let ticks = parse_process_ticks(&stat).with_context(|| format!("parsing {path}"))?;

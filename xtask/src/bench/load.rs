@@ -12,12 +12,16 @@
 //!   any wait for a connection) is reported separately.
 //!
 //! Both run a warm-up, then a measured window, and stop by themselves. The report is JSON.
+//!
+//! Run in-process (`bench attack` sends small reviews alongside an attack this way), an open loop
+//! can be bracketed by another thread through a [`RunControl`]: it learns when the measured window
+//! starts and can end the window early.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -39,8 +43,6 @@ use tokio_rustls::TlsConnector;
 
 use super::review;
 
-/// How long one request, or one connection set-up, may take before it counts as an error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long queued open-loop requests may still be sent after the measured window.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait before trying again after a failed reconnect.
@@ -93,6 +95,60 @@ pub struct LoadArgs {
     /// Write the JSON report to this file instead of stdout.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Seconds one request, or one connection set-up, may take before it counts as an error.
+    #[arg(long, default_value_t = 5.0)]
+    pub request_timeout_secs: f64,
+    /// In-process only: lets another thread learn when the measured window starts and end it
+    /// early (open loop).
+    #[arg(skip)]
+    pub control: Option<Arc<RunControl>>,
+}
+
+/// Brackets an in-process open-loop run from another thread: the run publishes the start of its
+/// measured window, and [`RunControl::stop`] ends the window early (nothing is scheduled after
+/// that; requests in flight still finish).
+#[derive(Debug, Default)]
+pub struct RunControl {
+    measuring_from: OnceLock<Instant>,
+    stop_at: OnceLock<Instant>,
+}
+
+impl RunControl {
+    /// Waits up to `timeout` until the run has opened its connections and fixed its measured
+    /// window; returns the window's start (possibly still in the future: the warm-up), or `None`
+    /// when the run did not get that far in time.
+    pub fn wait_for_window(&self, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(&at) = self.measuring_from.get() {
+                return Some(at);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Ends the measured window now (if it has not ended already).
+    pub fn stop(&self) {
+        let _ = self.stop_at.set(Instant::now());
+    }
+
+    fn stopped_at(&self) -> Option<Instant> {
+        self.stop_at.get().copied()
+    }
+
+    /// `window` with its end moved to the stop, if that came first.
+    fn cut(&self, window: Window) -> Window {
+        match self.stopped_at() {
+            Some(at) if at < window.end => Window {
+                end: at.max(window.measure_from),
+                ..window
+            },
+            _ => window,
+        }
+    }
 }
 
 /// What one load run measured.
@@ -149,16 +205,7 @@ pub struct Latency {
 
 /// Runs the load described by `args` and writes its report.
 pub fn run(args: LoadArgs) -> Result<ExitCode> {
-    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
-    anyhow::ensure!(
-        args.duration_secs > 0.0 && args.warmup_secs >= 0.0,
-        "--duration-secs must be positive and --warmup-secs not negative"
-    );
-    if let Some(rate) = args.rate {
-        anyhow::ensure!(rate > 0.0, "--rate must be positive");
-    }
-    let target = Arc::new(Target::new(&args)?);
-    let mut report = drive(&target, &args)?;
+    let mut report = measure(&args)?;
     report.cpu_secs = super::cpu::own_cpu_secs();
     let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
     match &args.output {
@@ -167,6 +214,32 @@ pub fn run(args: LoadArgs) -> Result<ExitCode> {
         None => println!("{json}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks `args`, runs the load and returns its report (without the generator's CPU time, which
+/// only the caller can attribute).
+pub fn measure(args: &LoadArgs) -> Result<LoadReport> {
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(
+        args.duration_secs > 0.0 && args.warmup_secs >= 0.0 && args.request_timeout_secs > 0.0,
+        "--duration-secs and --request-timeout-secs must be positive and --warmup-secs not negative"
+    );
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(rate > 0.0, "--rate must be positive");
+    }
+    anyhow::ensure!(
+        args.control.is_none() || args.mode == Mode::Open,
+        "a run control works with the open loop only"
+    );
+    let body = serde_json::to_vec(&review::validating_request())
+        .context("serialising the AdmissionReview")?;
+    let target = Arc::new(Target::new(
+        args.addr,
+        &args.ca,
+        Bytes::from(body),
+        Duration::from_secs_f64(args.request_timeout_secs),
+    )?);
+    drive(&target, args)
 }
 
 /// A tokio runtime with `threads` workers; one means a current-thread runtime (no cross-thread
@@ -185,42 +258,57 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
         .context("building a tokio runtime")
 }
 
-type Sender = SendRequest<Full<Bytes>>;
+/// The sending half of one HTTP/1.1 client connection.
+pub type Sender = SendRequest<Full<Bytes>>;
 
 /// Where and what to send.
-struct Target {
+pub struct Target {
     addr: SocketAddr,
     connector: TlsConnector,
     server_name: ServerName<'static>,
     host: HeaderValue,
     body: Bytes,
+    timeout: Duration,
 }
 
 impl Target {
-    fn new(args: &LoadArgs) -> Result<Self> {
-        let body = serde_json::to_vec(&review::validating_request())
-            .context("serialising the AdmissionReview")?;
+    /// The webhook at `addr` (its certificate chains to the PEM CA in `ca`), sent `body` by
+    /// [`Target::exchange`]; `timeout` bounds every connection set-up and every exchange.
+    pub fn new(
+        addr: SocketAddr,
+        ca: &std::path::Path,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Self> {
         Ok(Self {
-            addr: args.addr,
-            connector: TlsConnector::from(super::tls::client_config(&args.ca)?),
-            server_name: ServerName::from(args.addr.ip()),
-            host: HeaderValue::from_str(&args.addr.to_string()).context("building Host")?,
-            body: Bytes::from(body),
+            addr,
+            connector: TlsConnector::from(super::tls::client_config(ca)?),
+            server_name: ServerName::from(addr.ip()),
+            host: HeaderValue::from_str(&addr.to_string()).context("building Host")?,
+            body,
+            timeout,
         })
     }
 
+    /// A TLS session over `tcp`, a fresh connection to the server.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .context("TLS handshake")
+    }
+
     /// Opens a keep-alive connection; returns it with a description of the TLS session.
-    async fn connect(&self) -> Result<(Sender, String)> {
+    pub async fn connect(&self) -> Result<(Sender, String)> {
         let setup = async {
             let tcp = TcpStream::connect(self.addr)
                 .await
                 .with_context(|| format!("connecting to {}", self.addr))?;
             tcp.set_nodelay(true).context("setting TCP_NODELAY")?;
-            let tls = self
-                .connector
-                .connect(self.server_name.clone(), tcp)
-                .await
-                .context("TLS handshake")?;
+            let tls = self.handshake(tcp).await?;
             let (_, session) = tls.get_ref();
             let description = format!(
                 "{:?} {:?}",
@@ -236,18 +324,23 @@ impl Target {
             tokio::spawn(connection);
             Ok((sender, description))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, setup)
+        tokio::time::timeout(self.timeout, setup)
             .await
             .context("connection set-up timed out")?
     }
 
-    /// Sends one AdmissionReview and returns the answer body; anything but an HTTP 200 that allows
-    /// the object is an error.
-    async fn exchange(&self, sender: &mut Sender) -> Result<Bytes> {
-        let request = Request::post(PATH)
+    /// POSTs `body` as JSON to `path` and returns the status and the whole answer body, within
+    /// the timeout.
+    pub async fn post(
+        &self,
+        sender: &mut Sender,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes)> {
+        let request = Request::post(path)
             .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(Full::new(self.body.clone()))
+            .body(Full::new(body))
             .context("building the request")?;
         let answer = async {
             sender.ready().await.context("connection closed")?;
@@ -262,26 +355,33 @@ impl Target {
                 .await
                 .context("reading the answer")?
                 .to_bytes();
-            if status != StatusCode::OK {
-                let shown = &body[..body.len().min(200)];
-                bail!("HTTP {status}: {}", String::from_utf8_lossy(shown));
-            }
-            if !allows(&body) {
-                bail!(
-                    "the answer does not allow: {}",
-                    String::from_utf8_lossy(&body)
-                );
-            }
-            Ok(body)
+            Ok((status, body))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, answer)
+        tokio::time::timeout(self.timeout, answer)
             .await
             .context("no answer within the request timeout")?
+    }
+
+    /// Sends one AdmissionReview and returns the answer body; anything but an HTTP 200 that allows
+    /// the object is an error.
+    async fn exchange(&self, sender: &mut Sender) -> Result<Bytes> {
+        let (status, body) = self.post(sender, PATH, self.body.clone()).await?;
+        if status != StatusCode::OK {
+            let shown = &body[..body.len().min(200)];
+            bail!("HTTP {status}: {}", String::from_utf8_lossy(shown));
+        }
+        if !allows(&body) {
+            bail!(
+                "the answer does not allow: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(body)
     }
 }
 
 /// Whether a compact JSON answer contains `"allowed":true` (full parsing is left to the preflight).
-fn allows(body: &[u8]) -> bool {
+pub fn allows(body: &[u8]) -> bool {
     const NEEDLE: &[u8] = br#""allowed":true"#;
     body.windows(NEEDLE.len()).any(|w| w == NEEDLE)
 }
@@ -523,6 +623,7 @@ fn open_loop(target: &Arc<Target>, args: &LoadArgs, rate: f64) -> Result<(Tally,
             stride: threads as u64,
             offset: offset as u64,
             rate,
+            control: args.control.clone(),
         };
         let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
@@ -548,6 +649,9 @@ fn open_loop(target: &Arc<Target>, args: &LoadArgs, rate: f64) -> Result<(Tally,
     }
     let window = Window::after_now(args);
     if failure.is_none() {
+        if let Some(control) = &args.control {
+            let _ = control.measuring_from.set(window.measure_from);
+        }
         for start in &starts {
             // A thread that is gone has already reported why.
             let _ = start.send(window);
@@ -563,6 +667,10 @@ fn open_loop(target: &Arc<Target>, args: &LoadArgs, rate: f64) -> Result<(Tally,
             total.merge(tally?)?;
         }
     }
+    let window = match &args.control {
+        Some(control) => control.cut(window),
+        None => window,
+    };
     match failure {
         Some(error) => Err(error),
         None => Ok((total, window)),
@@ -576,6 +684,7 @@ struct Shared {
     stride: u64,
     offset: u64,
     rate: f64,
+    control: Option<Arc<RunControl>>,
 }
 
 /// The connections of thread `index` when `total` are shared by `threads`.
@@ -615,7 +724,13 @@ fn generator_thread(
         stride: shared.stride,
         offset: shared.offset,
     };
-    runtime.block_on(run_schedule(&shared.target, senders, schedule, window))
+    runtime.block_on(run_schedule(
+        &shared.target,
+        senders,
+        schedule,
+        window,
+        shared.control.as_deref(),
+    ))
 }
 
 /// The requests of one generator thread: of the requests due at `start + j / rate` before `end`,
@@ -715,21 +830,30 @@ async fn connect_again(target: Arc<Target>) -> Done {
 /// Runs one thread's schedule on its connections. Whenever it wakes (timer or answer) it sends
 /// every due request it has an idle connection for; requests without one wait, in order, and are
 /// charged from their scheduled time. The backlog is implicit: it is the requests from `next` up
-/// to the current time.
+/// to the current time. A `control` that is stopped ends the schedule (and the window) early.
 async fn run_schedule(
     target: &Arc<Target>,
     senders: Vec<Sender>,
-    schedule: Schedule,
-    window: Window,
+    mut schedule: Schedule,
+    mut window: Window,
+    control: Option<&RunControl>,
 ) -> Result<Tally> {
     let mut timer = PreciseTimer::new()?;
     let mut tally = Tally::new()?;
     let mut idle = senders;
     let mut tasks = JoinSet::new();
-    let give_up = window.end + DRAIN_GRACE;
+    let mut give_up = window.end + DRAIN_GRACE;
     let mut next = 0;
     let mut stopped = false;
     loop {
+        if let Some(control) = control {
+            let cut = control.cut(window);
+            if cut.end < window.end {
+                window = cut;
+                schedule.end = schedule.end.min(cut.end);
+                give_up = window.end + DRAIN_GRACE;
+            }
+        }
         let now = Instant::now();
         if !stopped && now >= give_up {
             // The drain grace is over: what is left is never sent.
