@@ -20,6 +20,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::api::decode::{self, DecodeError};
+use crate::api::raw::set_once;
 use crate::api::{
     Bind9Cluster, Bind9ClusterSpec, Bind9Instance, Bind9InstanceSpec, ClusterBind9Provider,
     ClusterBind9ProviderSpec, GROUP,
@@ -442,19 +443,6 @@ impl<'de> Visitor<'de> for ObjectSeed {
 /// Reads a request, its objects as `mode` says.
 struct RequestVisitor {
     mode: ObjectMode,
-}
-
-/// A field of the request, read once: a second occurrence is an error, as with derived types.
-fn set_once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
-    slot: &mut Option<T>,
-    map: &mut A,
-    name: &'static str,
-) -> Result<(), A::Error> {
-    if slot.is_some() {
-        return Err(de::Error::duplicate_field(name));
-    }
-    *slot = Some(map.next_value()?);
-    Ok(())
 }
 
 impl<'de> Visitor<'de> for RequestVisitor {

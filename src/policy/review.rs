@@ -725,6 +725,26 @@ fn keep_only_new_denials(validation: Validation, stored: Validation) -> Validati
     kept
 }
 
+/// Validation of an UPDATE of a role-block object against the stored one, with that kind's
+/// mutation, validation and role blocks.
+fn validate_roles_update<T: Serialize + DeserializeOwned + Clone>(
+    object: &T,
+    stored: &T,
+    mutate: impl Fn(&T) -> Mutation,
+    validate: impl Fn(&T) -> Validation,
+    blocks: impl Fn(&T) -> Value,
+) -> Validation {
+    let validation = validate(object);
+    if validation.allowed() {
+        return validation;
+    }
+    let stored = apply_patch(stored, &mutate(stored).patch).unwrap_or_else(|_| stored.clone());
+    if blocks(object) != blocks(&stored) {
+        return validation;
+    }
+    keep_only_new_denials(validation, validate(&stored))
+}
+
 /// Validation of an UPDATE of a (mutated) `Bind9Cluster` against the stored one (see
 /// [`validate_instance_update`]).
 pub fn validate_cluster_update(
@@ -732,16 +752,13 @@ pub fn validate_cluster_update(
     stored: &Bind9Cluster,
     cfg: &PolicyConfig,
 ) -> Validation {
-    let validation = validate_cluster(cluster, cfg);
-    if validation.allowed() {
-        return validation;
-    }
-    let stored =
-        apply_patch(stored, &mutate_cluster(stored, cfg).patch).unwrap_or_else(|_| stored.clone());
-    if role_key_fields(cluster.spec.role_blocks()) != role_key_fields(stored.spec.role_blocks()) {
-        return validation;
-    }
-    keep_only_new_denials(validation, validate_cluster(&stored, cfg))
+    validate_roles_update(
+        cluster,
+        stored,
+        |c| mutate_cluster(c, cfg),
+        |c| validate_cluster(c, cfg),
+        |c| role_key_fields(c.spec.role_blocks()),
+    )
 }
 
 /// Validation of an UPDATE of a (mutated) `ClusterBind9Provider` against the stored one.
@@ -750,16 +767,13 @@ pub fn validate_provider_update(
     stored: &ClusterBind9Provider,
     cfg: &PolicyConfig,
 ) -> Validation {
-    let validation = validate_provider(provider, cfg);
-    if validation.allowed() {
-        return validation;
-    }
-    let stored =
-        apply_patch(stored, &mutate_provider(stored, cfg).patch).unwrap_or_else(|_| stored.clone());
-    if role_key_fields(provider.spec.role_blocks()) != role_key_fields(stored.spec.role_blocks()) {
-        return validation;
-    }
-    keep_only_new_denials(validation, validate_provider(&stored, cfg))
+    validate_roles_update(
+        provider,
+        stored,
+        |p| mutate_provider(p, cfg),
+        |p| validate_provider(p, cfg),
+        |p| role_key_fields(p.spec.role_blocks()),
+    )
 }
 
 /// Validation of a (mutated) `Bind9Cluster`.
