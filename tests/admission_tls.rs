@@ -839,3 +839,45 @@ async fn an_unsupported_content_encoding_gets_415_and_long_header_values_are_cut
         reply.body
     );
 }
+
+#[tokio::test]
+async fn a_request_head_of_48_kib_is_served_and_one_of_256_kib_gets_431() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated = generate(dir.path());
+    let server = start(Arc::new(
+        ReloadingTls::load(generated.files.clone()).expect("load"),
+    ))
+    .await;
+    let config = client_config(&generated.ca_pem, None);
+
+    // A 48 KiB header (more than any apiserver sends): the review is answered as usual.
+    let mut stream = connect(server.addr, config.clone()).await;
+    let padding = format!("x-padding: {}\r\n", "a".repeat(48 * 1024));
+    let headers = format!("content-type: application/json\r\n{padding}");
+    let reply = exchange(&mut stream, &post("/validate", &headers, &review_body()))
+        .await
+        .expect("48 KiB head");
+    assert_allowed(&reply);
+
+    // Well past the 64 KiB read buffer (one read may take up to twice that): refused before any
+    // body is read.
+    // The server answers and closes while the client still writes, so the client reads while it
+    // writes (its write may then fail with a reset).
+    let stream = connect(server.addr, config).await;
+    let padding = format!("x-padding: {}\r\n", "a".repeat(256 * 1024));
+    let headers = format!("content-type: application/json\r\n{padding}");
+    let request = post("/validate", &headers, &review_body());
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let writing = tokio::spawn(async move { writer.write_all(&request).await.is_ok() });
+    let mut answer = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let _ = writing.await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+}

@@ -208,6 +208,13 @@ pub(super) fn cert_dir(work: &Path) -> PathBuf {
     work.join("certs")
 }
 
+/// The allocator settings the Helm chart's Deployment and the image (`Dockerfile`, `ENV`) give
+/// `serve`, so that memory is measured as deployed.
+pub(super) const DEPLOYED_ALLOCATOR_ENV: [(&str, &str); 2] = [
+    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+    ("MIMALLOC_PURGE_DELAY", "0"),
+];
+
 /// How to start one `rndc-warden serve --no-cluster`.
 pub(super) struct Server<'a> {
     /// The `rndc-warden` binary.
@@ -237,6 +244,7 @@ impl Server<'_> {
         for var in ["RUST_LOG", "RNDC_WARDEN_TLS_CERT", "RNDC_WARDEN_TLS_KEY"] {
             command.env_remove(var);
         }
+        command.envs(DEPLOYED_ALLOCATOR_ENV);
         let mut process = ManagedProcess::spawn(
             "rndc-warden serve",
             command,
@@ -463,5 +471,31 @@ fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Closed => "closed",
         Mode::Open => "open",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_benchmarked_allocator_settings_are_the_charts_and_the_images() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let chart =
+            std::fs::read_to_string(root.join("charts/rndc-warden/templates/deployment.yaml"))
+                .expect("the chart's Deployment template");
+        let chart: Vec<&str> = chart.lines().map(str::trim).collect();
+        let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("the Dockerfile");
+        for (name, value) in DEPLOYED_ALLOCATOR_ENV {
+            let entry = [format!("- name: {name}"), format!("value: \"{value}\"")];
+            assert!(
+                chart.windows(2).any(|pair| pair == entry),
+                "the chart does not set {name}={value}"
+            );
+            assert!(
+                dockerfile.contains(&format!("{name}={value}")),
+                "the Dockerfile does not set {name}={value}"
+            );
+        }
     }
 }
