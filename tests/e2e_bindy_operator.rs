@@ -25,6 +25,7 @@ use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use rndc_warden::api::{ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT, LABEL_RNDC_KEY};
 use rndc_warden::policy::PolicyConfig;
+use rndc_warden_testkit::Metrics;
 use rndc_warden_testkit::audit::AuditEvent;
 use rndc_warden_testkit::bindy::BindyCrds;
 use serde_json::json;
@@ -441,4 +442,756 @@ async fn defects_3_7_8_one_trigger_one_rotation_one_rollout_with_the_operator() 
         rv,
         "no status write ping-pong"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 2 and Bindy's own rotation with hmac-sha512.
+
+/// Prints the writes of `user` (verb, resource, name, code) for a report line.
+fn summary(events: &[AuditEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}{} {} -> {}",
+                e.verb,
+                e.resource,
+                if e.subresource.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{}", e.subresource)
+                },
+                e.name,
+                e.code
+            )
+        })
+        .collect()
+}
+
+/// Defect 2: Bindy's own algorithm change to hmac-sha512 (it deletes the Secret and creates a
+/// 32-byte key, count 0, no label): rndc-warden's remediation is not denied by its own webhook,
+/// is one write, rolls the pods once, continues the count, and leaves audit OK and the
+/// below-policy gauge at 0. Then Bindy's own rotation (due: `rndc-rotate-at` passed) goes
+/// through rndc-warden's Secret webhook with hmac-sha512: one rotation, one rollout, a key of
+/// the hash length at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_2_bindy_algorithm_change_to_sha512_is_remediated_in_one_write() {
+    let mut t = SideBySide::start("bindy-op-sha512", BindyCrds::Upstream).await;
+    let ns = t.ns().to_owned();
+    let secret = "dns-s-rndc-key";
+    let record = Record::start(t.client(), &ns).await;
+    t.apply(&instance_yaml(
+        &ns,
+        "dns-s",
+        "",
+        Some(&key_block(true, "hmac-sha256")),
+    ))
+    .await;
+    t.wait_deployment("dns-s").await;
+    let before = t.wait_guarded("dns-s", "hmac-sha256").await;
+    settle(&mut t, Duration::from_secs(3)).await;
+    let templates_before = record.templates("dns-s");
+    let warden_metrics_before = t.chart.metrics().await;
+
+    // The user changes the algorithm; Bindy deletes and re-creates the Secret.
+    let since = audit_now();
+    t.apply(&instance_yaml(
+        &ns,
+        "dns-s",
+        "",
+        Some(&key_block(true, "hmac-sha512")),
+    ))
+    .await;
+    let after = t.wait_guarded("dns-s", "hmac-sha512").await;
+    settle(&mut t, Duration::from_secs(8)).await;
+    let revisions = record.revisions(secret);
+    let bindy = t.writes_by(t.operator.username(), &since);
+    let warden = t.writes_by(&t.warden_user(), &since);
+    println!("defect 2: revisions {revisions:?}");
+    println!("defect 2: bindy wrote {:?}", summary(&bindy));
+    println!("defect 2: rndc-warden wrote {:?}", summary(&warden));
+    assert_ne!(
+        after.uid(),
+        before.uid(),
+        "Bindy re-created the Secret (the case under test)"
+    );
+    let on_secret: Vec<_> = warden
+        .iter()
+        .filter(|e| e.resource == "secrets" && e.name == secret)
+        .collect();
+    assert_eq!(
+        on_secret.len(),
+        1,
+        "one remediation write: {:?}",
+        summary(&warden)
+    );
+    assert!(
+        on_secret.iter().all(|e| e.code < 400),
+        "never denied: {:?}",
+        summary(&warden)
+    );
+    let new_uid: Vec<_> = revisions
+        .iter()
+        .filter(|r| Some(r.uid.as_str()) == after.uid().as_deref())
+        .collect();
+    assert_eq!(
+        new_uid.iter().map(|r| r.key_bytes).collect::<Vec<_>>(),
+        vec![32, 64],
+        "Bindy's 32-byte key, then rndc-warden's 64-byte key: {revisions:?}"
+    );
+    assert_eq!(
+        record.templates("dns-s"),
+        templates_before + 1,
+        "the pods roll once onto the remediated key: {:?}",
+        record.template_annotations("dns-s")
+    );
+    assert_eq!(
+        count_of(&after),
+        count_of(&before) + 1,
+        "the count continues"
+    );
+    let warden_metrics = t.chart.metrics().await;
+    let denied = |m: &rndc_warden_testkit::Metrics| {
+        m.sum(
+            "rndc_warden_admission_requests_total",
+            &[("kind", "Secret"), ("decision", "denied")],
+        )
+    };
+    assert_eq!(denied(&warden_metrics), denied(&warden_metrics_before));
+    assert_eq!(
+        t.gauge("rndc_warden_key_below_policy", "dns-s").await,
+        Some(0.0)
+    );
+    let rows = t.audit_rows().await;
+    assert_eq!(rows["dns-s"].verdict, "OK", "{:?}", rows["dns-s"]);
+
+    // Bindy's own rotation: rotate-at passed and the key older than its 1 h rate limit. Whoever
+    // acts first, the key changes once, the pods roll once, and the key ends the hash length.
+    let templates_before = record.templates("dns-s");
+    let revisions_before = record.revisions(secret).len();
+    let since = audit_now();
+    t.back_date(
+        secret,
+        Utc::now() - TimeDelta::hours(800),
+        Some(Utc::now() - TimeDelta::hours(80)),
+    )
+    .await;
+    let rotated = t
+        .wait_secret(secret, "rotated", |s| {
+            let s = s?;
+            (count_of(s) > count_of(&after)).then(|| s.clone())
+        })
+        .await;
+    settle(&mut t, Duration::from_secs(10)).await;
+    let revisions = record.revisions(secret)[revisions_before - 1..].to_vec();
+    let bindy = t.writes_by(t.operator.username(), &since);
+    let warden = t.writes_by(&t.warden_user(), &since);
+    println!("bindy rotation: revisions {revisions:?}");
+    println!("bindy rotation: bindy wrote {:?}", summary(&bindy));
+    println!("bindy rotation: rndc-warden wrote {:?}", summary(&warden));
+    for line in lines_at(&t.operator.log(), "ERROR").iter().rev().take(2) {
+        println!(
+            "bindy rotation: bindy logged {}",
+            &line[..line.len().min(600)]
+        );
+    }
+    let last = t.secrets().get(secret).await.expect("secret");
+    let shape = describe_secret(&last);
+    assert_eq!(shape.key_bytes, 64, "{shape:?}");
+    assert_eq!(
+        shape.labels.get(LABEL_RNDC_KEY).map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(key_changes(&revisions), 1, "one rotation: {revisions:?}");
+    assert_eq!(count_of(&last), count_of(&rotated), "no second rotation");
+    assert_eq!(
+        record.templates("dns-s"),
+        templates_before + 1,
+        "one rollout: {:?}",
+        record.template_annotations("dns-s")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 4: defaults never shadow cluster or provider blocks.
+
+/// A `Bind9Cluster` (or, with `provider_namespace`, a `ClusterBind9Provider` placing its cluster
+/// there) with one primary and, when given, a primary `rndcKey` block.
+fn cluster_yaml(ns: &str, name: &str, provider_namespace: bool, rndc_key: Option<&str>) -> String {
+    let key = rndc_key
+        .map(|k| format!("    rndcKey:\n{}", indent(k, 6)))
+        .unwrap_or_default();
+    if provider_namespace {
+        format!(
+            "apiVersion: bindy.firestoned.io/v1beta1\nkind: ClusterBind9Provider\nmetadata:\n  name: {name}\nspec:\n  namespace: {ns}\n  primary:\n    replicas: 1\n{key}"
+        )
+    } else {
+        format!(
+            "apiVersion: bindy.firestoned.io/v1beta1\nkind: Bind9Cluster\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  primary:\n    replicas: 1\n{key}"
+        )
+    }
+}
+
+impl SideBySide {
+    /// Waits until rndc-warden's audit row of `instance` mentions `detail`.
+    async fn wait_audit(&mut self, instance: &str, detail: &str) {
+        let started = Instant::now();
+        loop {
+            self.assert_operator_running();
+            let rows = self.audit_rows().await;
+            let row = rows.get(instance);
+            if row.is_some_and(|r| r.detail.contains(detail)) {
+                return;
+            }
+            assert!(
+                started.elapsed() < CONVERGE,
+                "audit of {instance} never said {detail:?}: {row:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Waits until rndc-warden's audit row of `instance` has a policy starting with `policy`.
+    async fn wait_audit_policy(&mut self, instance: &str, policy: &str) {
+        let started = Instant::now();
+        loop {
+            self.assert_operator_running();
+            let rows = self.audit_rows().await;
+            let row = rows.get(instance);
+            if row.is_some_and(|r| r.policy.starts_with(policy)) {
+                return;
+            }
+            assert!(
+                started.elapsed() < CONVERGE,
+                "audit of {instance} never had policy {policy:?}: {row:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Asserts that instance `name` carries no `rndcKey` (nothing injected that would shadow
+    /// the cluster's or provider's block) and that rndc-warden's audit sees `policy`.
+    async fn assert_effective(&self, name: &str, algorithm: &str, secret: &Secret) {
+        let instance = self.instances().get(name).await.expect("instance");
+        assert!(
+            instance.data["spec"]["rndcKey"].is_null(),
+            "{name}: no block injected: {}",
+            instance.data["spec"]
+        );
+        let shape = describe_secret(secret);
+        assert_eq!(shape.algorithm, algorithm, "{name}: {shape:?}");
+        assert!(
+            shape.annotations.contains_key(ANNOTATION_ROTATE_AT),
+            "{name}: rotating (autoRotate from the block): {shape:?}"
+        );
+        let rows = self.audit_rows().await;
+        let row = &rows[name];
+        assert!(
+            row.policy.starts_with("auto 720h"),
+            "{name}: rndc-warden's audit sees the block: {row:?}"
+        );
+        assert_eq!(row.algorithm, algorithm, "{row:?}");
+    }
+}
+
+/// Defect 4: the effective key configuration is the one precedence gives, whatever the order:
+/// (a) a cluster with an `autoRotate: true, hmac-sha384` primary block whose instance Bindy
+/// creates; (b) an instance created before its cluster; (c) a block changed later on a cluster
+/// (hmac-sha512) and added later to a provider. Checked in what Bindy writes (the Secret's
+/// algorithm, `rndc-rotate-at`), in the instance (no injected block) and in rndc-warden's view
+/// (`audit`: policy and algorithm).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_4_defaults_never_shadow_cluster_or_provider_blocks() {
+    let mut t = SideBySide::start("bindy-op-precedence", BindyCrds::Upstream).await;
+    let ns = t.ns().to_owned();
+    let sha384 = key_block(true, "hmac-sha384");
+
+    // (a) cluster first: Bindy creates its instance.
+    t.apply(&cluster_yaml(&ns, "c1", false, Some(&sha384)))
+        .await;
+    let secret = t.wait_guarded("c1-primary-0", "hmac-sha384").await;
+    t.assert_effective("c1-primary-0", "hmac-sha384", &secret)
+        .await;
+
+    // (b) instance first, then its cluster.
+    t.apply(&instance_yaml(&ns, "i2", "c2", None)).await;
+    let created = t.instances().get("i2").await.expect("i2");
+    assert!(
+        created.data["spec"]["rndcKey"].is_null(),
+        "nothing injected into a clustered instance: {}",
+        created.data["spec"]
+    );
+    t.apply(&cluster_yaml(&ns, "c2", false, Some(&sha384)))
+        .await;
+    let secret = t.wait_guarded("i2", "hmac-sha384").await;
+    t.assert_effective("i2", "hmac-sha384", &secret).await;
+
+    // (c) later: the cluster's block changes. The key was rotated (repaired) minutes ago, so
+    // the change waits for the end of rndc-warden's 1 h rate limit (docs/rotation.md) and for
+    // Bindy's next requeue; meanwhile rndc-warden already governs by the new block (audit: the
+    // stored key is below policy). A key older than the rate limit is replaced at once.
+    t.apply(&cluster_yaml(
+        &ns,
+        "c1",
+        false,
+        Some(&key_block(true, "hmac-sha512")),
+    ))
+    .await;
+    t.wait_audit("c1-primary-0", "asks for hmac-sha512").await;
+    let key = "c1-primary-0-rndc-key";
+    t.back_date(key, Utc::now() - TimeDelta::hours(2), None)
+        .await;
+    let secret = t.wait_guarded("c1-primary-0", "hmac-sha512").await;
+    t.assert_effective("c1-primary-0", "hmac-sha512", &secret)
+        .await;
+
+    // (c) later, on a provider: Bindy copies the provider's spec into its Bind9Cluster.
+    let provider = rndc_warden_testkit::namespace::unique_name("p");
+    t.apply(&cluster_yaml(&ns, &provider, true, None)).await;
+    let instance = format!("{provider}-primary-0");
+    let plain = t.wait_guarded(&instance, "hmac-sha256").await;
+    assert!(
+        !describe_secret(&plain)
+            .annotations
+            .contains_key(ANNOTATION_ROTATE_AT),
+        "no block anywhere: Bindy's default, not rotating: {:?}",
+        describe_secret(&plain)
+    );
+    t.apply(&cluster_yaml(&ns, &provider, true, Some(&sha384)))
+        .await;
+    // rndc-warden governs by the provider's block once Bindy copied it into its cluster; the
+    // key may already have been replaced (Bindy re-creates it, rndc-warden repairs it) or wait
+    // for the rate limit, which a key older than an hour does not.
+    t.wait_audit_policy(&instance, "auto 720h").await;
+    let key = format!("{instance}-rndc-key");
+    if describe_secret(&t.secrets().get(&key).await.expect("secret")).algorithm != "hmac-sha384" {
+        t.back_date(&key, Utc::now() - TimeDelta::hours(2), None)
+            .await;
+    }
+    let secret = t.wait_guarded(&instance, "hmac-sha384").await;
+    t.assert_effective(&instance, "hmac-sha384", &secret).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 5: compliance mode never blocks the operator's bookkeeping.
+
+/// Defect 5, with `policy.requireAutoRotate: true` (the compliance mode under test): Bindy
+/// creates and updates the instances of a rotating cluster (finalizers, status, its own spec
+/// edits when the cluster grows), and deletes instances (finalizer removal), with no request
+/// denied; a new non-compliant instance is denied with a message naming autoRotate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_5_compliance_mode_lets_bindy_update_and_delete_its_instances() {
+    let mut t = SideBySide::start_with(
+        "bindy-op-compliance",
+        BindyCrds::Upstream,
+        "policy:\n  requireAutoRotate: true\n",
+    )
+    .await;
+    let ns = t.ns().to_owned();
+    let since = audit_now();
+    let rotating = key_block(true, "hmac-sha256");
+    t.apply(&cluster_yaml(&ns, "cc", false, Some(&rotating)))
+        .await;
+    t.wait_guarded("cc-primary-0", "hmac-sha256").await;
+    t.apply(&instance_yaml(&ns, "cs", "", Some(&rotating)))
+        .await;
+    t.wait_guarded("cs", "hmac-sha256").await;
+
+    // A new non-compliant instance is denied.
+    let out = t
+        .env
+        .cp
+        .kubectl_apply(&instance_yaml(
+            &ns,
+            "manual",
+            "",
+            Some(&key_block(false, "hmac-sha256")),
+        ))
+        .await
+        .expect("kubectl runs");
+    assert!(
+        !out.success(),
+        "a non-rotating key is denied: {}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("autoRotate"), "{}", out.stderr);
+
+    // The cluster grows: Bindy creates and updates the instances it manages.
+    t.apply(&cluster_yaml(&ns, "cc", false, Some(&rotating)).replace("replicas: 1", "replicas: 2"))
+        .await;
+    t.wait_guarded("cc-primary-1", "hmac-sha256").await;
+
+    // Deletions: Bindy removes its finalizers, the instances go.
+    t.instances()
+        .delete("cs", &Default::default())
+        .await
+        .expect("delete cs");
+    Api::<DynamicObject>::namespaced_with(
+        t.client().clone(),
+        &ns,
+        &t.kind("Bind9Cluster").resource,
+    )
+    .delete("cc", &Default::default())
+    .await
+    .expect("delete cc");
+    let started = Instant::now();
+    loop {
+        t.assert_operator_running();
+        let left: Vec<String> = t
+            .instances()
+            .list(&ListParams::default())
+            .await
+            .expect("instances")
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < CONVERGE,
+            "instances stay Terminating: {left:?}\n{}",
+            t.operator.log_tail(3000)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let bindy = t.writes_by(t.operator.username(), &since);
+    let instance_writes: Vec<_> = bindy
+        .iter()
+        .filter(|e| e.resource == "bind9instances")
+        .collect();
+    println!("defect 5: bindy's instance writes {:?}", summary(&bindy));
+    assert!(
+        instance_writes
+            .iter()
+            .any(|e| matches!(e.verb.as_str(), "update" | "patch") && e.subresource.is_empty()),
+        "Bindy updated instances (finalizers): {:?}",
+        summary(&bindy)
+    );
+    let refused: Vec<_> = bindy
+        .iter()
+        .filter(|e| e.code >= 400 && e.code != 404 && e.code != 409)
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "none of Bindy's writes refused: {:?}",
+        summary(&bindy)
+    );
+    let metrics = t.chart.metrics().await;
+    assert_eq!(
+        metrics.sum(
+            "rndc_warden_admission_requests_total",
+            &[("kind", "Bind9Instance"), ("decision", "denied")],
+        ),
+        1.0,
+        "only the user's non-compliant instance was denied: {:?}",
+        admission_table(&metrics)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many keys at once, and restarts in the middle.
+
+/// `count` standalone rotating instances `<prefix>-NN` in one manifest.
+fn batch_yaml(ns: &str, prefix: &str, count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            instance_yaml(
+                ns,
+                &format!("{prefix}-{i:02}"),
+                "",
+                Some(&key_block(true, "hmac-sha256")),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// What a batch looked like before a trigger, per instance: the Secret's uid and count, the
+/// key revisions and pod templates seen so far.
+struct Snapshot {
+    uid: BTreeMap<String, String>,
+    count: BTreeMap<String, u32>,
+    revisions: BTreeMap<String, usize>,
+    templates: BTreeMap<String, usize>,
+}
+
+impl SideBySide {
+    /// Creates the batch and waits until Bindy made every Secret and Deployment and
+    /// rndc-warden guards every Secret.
+    async fn create_batch(&mut self, prefix: &str, count: usize) -> Vec<String> {
+        let ns = self.ns().to_owned();
+        self.apply(&batch_yaml(&ns, prefix, count)).await;
+        let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i:02}")).collect();
+        for name in &names {
+            self.wait_deployment(name).await;
+            self.wait_guarded(name, "hmac-sha256").await;
+        }
+        names
+    }
+
+    async fn snapshot(&self, record: &Record, names: &[String]) -> Snapshot {
+        let mut s = Snapshot {
+            uid: BTreeMap::new(),
+            count: BTreeMap::new(),
+            revisions: BTreeMap::new(),
+            templates: BTreeMap::new(),
+        };
+        for name in names {
+            let secret = self
+                .secrets()
+                .get(&format!("{name}-rndc-key"))
+                .await
+                .expect("secret");
+            s.uid.insert(name.clone(), secret.uid().unwrap_or_default());
+            s.count.insert(name.clone(), count_of(&secret));
+            s.revisions.insert(
+                name.clone(),
+                record.revisions(&format!("{name}-rndc-key")).len(),
+            );
+            s.templates.insert(name.clone(), record.templates(name));
+        }
+        s
+    }
+
+    /// Makes every key of `names` due for both operators at once, as time does:
+    /// `rndc-created-at` 800 h ago and `rndc-rotate-at` = created-at + 720 h.
+    async fn make_due(&self, names: &[String]) {
+        let created = Utc::now() - TimeDelta::hours(800);
+        let secrets: Vec<String> = names.iter().map(|n| format!("{n}-rndc-key")).collect();
+        let writes = secrets
+            .iter()
+            .map(|secret| self.back_date(secret, created, Some(created + TimeDelta::hours(720))));
+        futures::future::join_all(writes).await;
+    }
+
+    /// Waits until every key of `names` has a count above its snapshot.
+    async fn wait_all_rotated(&mut self, names: &[String], before: &Snapshot) {
+        let started = Instant::now();
+        loop {
+            self.assert_operator_running();
+            let mut left = Vec::new();
+            for name in names {
+                let secret = self
+                    .secrets()
+                    .get_opt(&format!("{name}-rndc-key"))
+                    .await
+                    .expect("get");
+                if secret
+                    .as_ref()
+                    .is_none_or(|s| count_of(s) <= before.count[name])
+                {
+                    left.push(name.clone());
+                }
+            }
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                started.elapsed() < CONVERGE * 2,
+                "not rotated: {left:?}\nbindy:\n{}\nrndc-warden:\n{}",
+                self.operator.log_tail(3000),
+                self.chart.warden.logs_tail(3000)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Asserts, per instance since `before`: one key change, one rollout, the same Secret (uid),
+    /// the count one higher.
+    async fn assert_once_each(&self, record: &Record, names: &[String], before: &Snapshot) {
+        let mut wrong = Vec::new();
+        for name in names {
+            let secret_name = format!("{name}-rndc-key");
+            let secret = self.secrets().get(&secret_name).await.expect("secret");
+            let revisions = record.revisions(&secret_name)[before.revisions[name] - 1..].to_vec();
+            let rotations = key_changes(&revisions);
+            let rollouts = record.templates(name) - before.templates[name];
+            let same = secret.uid().unwrap_or_default() == before.uid[name];
+            let count = count_of(&secret);
+            if rotations != 1 || rollouts != 1 || !same || count != before.count[name] + 1 {
+                wrong.push(format!(
+                    "{name}: {rotations} key changes, {rollouts} rollouts, same Secret {same}, \
+                     count {} -> {count}; templates {:?}",
+                    before.count[name],
+                    record.template_annotations(name)
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} of {} keys not rotated and rolled exactly once:\n{}",
+            wrong.len(),
+            names.len(),
+            wrong.join("\n")
+        );
+    }
+}
+
+/// 50 instances whose keys fall due together with both operators running: each key is rotated
+/// exactly once, each Deployment rolled exactly once, no Secret re-created (uid unchanged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_instances_rotate_together_once_each() {
+    let mut t = SideBySide::start("bindy-op-batch", BindyCrds::Upstream).await;
+    let record = Record::start(t.client(), t.ns()).await;
+    let names = t.create_batch("b", 50).await;
+    settle(&mut t, Duration::from_secs(5)).await;
+    let before = t.snapshot(&record, &names).await;
+    let since = audit_now();
+    let started = Instant::now();
+    t.make_due(&names).await;
+    t.wait_all_rotated(&names, &before).await;
+    println!(
+        "batch: 50 keys rotated {:?} after they fell due",
+        started.elapsed()
+    );
+    settle(&mut t, Duration::from_secs(10)).await;
+    let bindy = t.writes_by(t.operator.username(), &since);
+    let warden = t.writes_by(&t.warden_user(), &since);
+    let count = |events: &[AuditEvent], resource: &str| {
+        events.iter().filter(|e| e.resource == resource).count()
+    };
+    println!(
+        "batch: writes since: bindy secrets {} deployments {}; rndc-warden secrets {} deployments {} status {}",
+        count(&bindy, "secrets"),
+        count(&bindy, "deployments"),
+        count(&warden, "secrets"),
+        count(&warden, "deployments"),
+        warden.iter().filter(|e| e.subresource == "status").count()
+    );
+    t.assert_once_each(&record, &names, &before).await;
+}
+
+/// A restart of each operator during a rotation: the keys of 10 instances fall due, Bindy is
+/// killed (SIGKILL) right away and started again; then they fall due again and rndc-warden is
+/// killed right away and started again. Each time every key is rotated once and rolled once, and
+/// nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_either_operator_during_a_rotation_converges_to_once_each() {
+    let mut t = SideBySide::start("bindy-op-restart", BindyCrds::Upstream).await;
+    let record = Record::start(t.client(), t.ns()).await;
+    let names = t.create_batch("r", 10).await;
+    settle(&mut t, Duration::from_secs(3)).await;
+
+    // Bindy killed during the rotation.
+    let before = t.snapshot(&record, &names).await;
+    t.make_due(&names).await;
+    t.operator.kill().await;
+    let rotated_at_kill = t.snapshot(&record, &names).await;
+    t.operator.start_again().await.expect("Bindy again");
+    t.wait_all_rotated(&names, &before).await;
+    settle(&mut t, Duration::from_secs(10)).await;
+    println!(
+        "restart bindy: {} of 10 rotated when it was killed",
+        names
+            .iter()
+            .filter(|n| rotated_at_kill.count[*n] > before.count[*n])
+            .count()
+    );
+    t.assert_once_each(&record, &names, &before).await;
+
+    // rndc-warden killed during the rotation.
+    let before = t.snapshot(&record, &names).await;
+    t.make_due(&names).await;
+    t.chart.warden.kill();
+    let rotated_at_kill = t.snapshot(&record, &names).await;
+    t.chart.warden.start();
+    t.chart.warden.wait_ready(Duration::from_secs(120)).await;
+    t.wait_all_rotated(&names, &before).await;
+    settle(&mut t, Duration::from_secs(10)).await;
+    println!(
+        "restart rndc-warden: {} of 10 rotated when it was killed",
+        names
+            .iter()
+            .filter(|n| rotated_at_kill.count[*n] > before.count[*n])
+            .count()
+    );
+    t.assert_once_each(&record, &names, &before).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The quiet period.
+
+/// Bindy's requeue period after a successful reconcile (`REQUEUE_WHEN_READY_SECS`,
+/// reference/upstream-bindy.md §4.1).
+const BINDY_REQUEUE: Duration = Duration::from_secs(300);
+/// rndc-warden's resync period in this test (`rotation.resyncPeriod`; the chart's default is 5m).
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// Both operators with nothing to do for one full Bindy requeue period plus one rndc-warden
+/// resync (and 10 s): rndc-warden writes nothing in the namespace, counted from the apiserver's
+/// audit log. Bindy's examples and a rotating standalone instance, everything settled first.
+/// A control plane of its own, so it runs beside the other tests of this file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_to_do_for_a_bindy_requeue_and_a_resync_means_no_write_by_rndc_warden() {
+    let cp: &'static rndc_warden_testkit::ControlPlane = Box::leak(Box::new(
+        rndc_warden_testkit::ControlPlane::start()
+            .await
+            .expect("a control plane of this test's own"),
+    ));
+    let client = cp.client().expect("client");
+    let ns = rndc_warden_testkit::TestNamespace::create(&client, "bindy-quiet")
+        .await
+        .expect("namespace");
+    let slot = rndc_warden_testkit::bindy::OperatorSlot::private(&client, BindyCrds::Upstream)
+        .await
+        .expect("CRDs");
+    let env = rndc_warden_testkit::TestEnv { cp, client, ns };
+    let mut t = SideBySide::start_in(
+        env,
+        slot,
+        &format!("rotation:\n  resyncPeriod: {}s\n", RESYNC.as_secs()),
+    )
+    .await;
+    let ns = t.ns().to_owned();
+    t.apply_examples().await;
+    t.apply(&instance_yaml(
+        &ns,
+        "quiet",
+        "",
+        Some(&key_block(true, "hmac-sha256")),
+    ))
+    .await;
+    let (found, _) = t.wait_reconciled().await;
+    // Settled: every key guarded, at the length its configured algorithm wants.
+    for name in found.instances.keys() {
+        let rows = t.audit_rows().await;
+        let algorithm = rows[name].algorithm.clone();
+        t.wait_guarded(name, &algorithm).await;
+        t.wait_audit(name, "next rotation").await;
+    }
+    settle(&mut t, Duration::from_secs(10)).await;
+
+    let since = audit_now();
+    let bindy_before = Metrics::parse(&t.operator.metrics().await.expect("bindy metrics"))
+        .expect("parse")
+        .sum("bindy_firestoned_io_reconciliations_total", &[]);
+    let window = BINDY_REQUEUE + RESYNC + Duration::from_secs(10);
+    settle(&mut t, window).await;
+    let bindy_after = Metrics::parse(&t.operator.metrics().await.expect("bindy metrics"))
+        .expect("parse")
+        .sum("bindy_firestoned_io_reconciliations_total", &[]);
+    let warden = t.writes_by(&t.warden_user(), &since);
+    let bindy = t.writes_by(t.operator.username(), &since);
+    println!(
+        "quiet {window:?} with {} instances: rndc-warden wrote {:?}; bindy wrote {} times ({:?}); bindy reconciliations {} -> {}",
+        found.instances.len(),
+        summary(&warden),
+        bindy.len(),
+        summary(&bindy).into_iter().take(8).collect::<Vec<_>>(),
+        bindy_before,
+        bindy_after
+    );
+    assert!(
+        bindy_after > bindy_before,
+        "Bindy requeued in the window (the quiet period covers one)"
+    );
+    assert!(
+        warden.is_empty(),
+        "rndc-warden wrote with nothing to do: {:?}",
+        summary(&warden)
+    );
+    t.assert_operator_running();
+    cp.stop();
 }
