@@ -259,7 +259,8 @@ async fn settle(t: &mut SideBySide, settle: Duration) {
 /// cluster that has Bindy's CRDs works. Defect 1: rndc-warden guards `<instance>-rndc-key`, the
 /// Secret Bindy's Deployment mounts. Defect 6: it creates no Secret (provision is off by
 /// default), also while Bindy deletes the instance, and leaves none behind. Defect 9: `audit`
-/// finds the Secret the pods mount, says OK, and the due-time gauge shows the real due time.
+/// finds the Secret the pods mount, says OK, and the due-time gauge shows the real due time;
+/// `rotate` finds it too, and one request gives one key change and one rollout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defects_1_6_9_10_default_install_guards_the_mounted_secret_and_creates_none() {
     // `crds.install: true` is the chart's default: the plain install of the README.
@@ -271,6 +272,7 @@ async fn defects_1_6_9_10_default_install_guards_the_mounted_secret_and_creates_
     .await;
     let since = audit_now();
     let ns = t.ns().to_owned();
+    let record = Record::start(t.client(), &ns).await;
     t.apply(&instance_yaml(
         &ns,
         "dns-a",
@@ -317,6 +319,33 @@ async fn defects_1_6_9_10_default_install_guards_the_mounted_secret_and_creates_
     assert!(
         (719.0 * 3600.0..=720.0 * 3600.0).contains(&until),
         "due in about 720h: {until}"
+    );
+
+    // `rotate` finds the same Secret without flags: one key change, one rollout.
+    settle(&mut t, Duration::from_secs(3)).await;
+    let templates = record.templates("dns-a");
+    rndc_warden::rotate::request(
+        t.client(),
+        &ns,
+        "dns-a",
+        true,
+        &PolicyConfig::default(),
+        Utc::now(),
+    )
+    .await
+    .expect("rotate finds Bindy's Secret");
+    t.wait_secret("dns-a-rndc-key", "rotated by `rotate`", |s| {
+        s.filter(|s| count_of(s) == 1).map(|_| ())
+    })
+    .await;
+    settle(&mut t, Duration::from_secs(8)).await;
+    let revisions = record.revisions("dns-a-rndc-key");
+    assert_eq!(key_changes(&revisions), 1, "{revisions:?}");
+    assert_eq!(
+        record.templates("dns-a"),
+        templates + 1,
+        "{:?}",
+        record.template_annotations("dns-a")
     );
 
     // Bindy deletes the instance: its finalizer goes, the Secret goes, rndc-warden re-creates
@@ -633,37 +662,49 @@ fn cluster_yaml(ns: &str, name: &str, provider_namespace: bool, rndc_key: Option
 }
 
 impl SideBySide {
-    /// Waits until rndc-warden's audit row of `instance` mentions `detail`.
-    async fn wait_audit(&mut self, instance: &str, detail: &str) {
+    /// Waits until rndc-warden's audit row of `instance` satisfies `check` (`what` names it).
+    async fn wait_audit_row(
+        &mut self,
+        instance: &str,
+        what: &str,
+        check: impl Fn(&rndc_warden::audit::Row) -> bool,
+    ) {
         let started = Instant::now();
         loop {
             self.assert_operator_running();
             let rows = self.audit_rows().await;
             let row = rows.get(instance);
-            if row.is_some_and(|r| r.detail.contains(detail)) {
+            if row.is_some_and(&check) {
                 return;
             }
             assert!(
                 started.elapsed() < CONVERGE,
-                "audit of {instance} never said {detail:?}: {row:?}"
+                "audit of {instance}: never {what}: {row:?}"
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
 
-    /// Waits until rndc-warden's audit row of `instance` has a policy starting with `policy`.
-    async fn wait_audit_policy(&mut self, instance: &str, policy: &str) {
+    /// Waits until rndc-warden's audit row of `instance` mentions `detail`.
+    async fn wait_audit(&mut self, instance: &str, detail: &str) {
+        self.wait_audit_row(instance, &format!("said {detail:?}"), |r| {
+            r.detail.contains(detail)
+        })
+        .await;
+    }
+
+    /// Waits until rndc-warden's gauge `name` of `instance` is `value`.
+    async fn wait_gauge(&mut self, name: &str, instance: &str, value: f64) {
         let started = Instant::now();
         loop {
             self.assert_operator_running();
-            let rows = self.audit_rows().await;
-            let row = rows.get(instance);
-            if row.is_some_and(|r| r.policy.starts_with(policy)) {
+            let now = self.gauge(name, instance).await;
+            if now == Some(value) {
                 return;
             }
             assert!(
                 started.elapsed() < CONVERGE,
-                "audit of {instance} never had policy {policy:?}: {row:?}"
+                "{name}{{instance={instance}}} never became {value}: {now:?}"
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -738,11 +779,23 @@ async fn defect_4_defaults_never_shadow_cluster_or_provider_blocks() {
     ))
     .await;
     t.wait_audit("c1-primary-0", "asks for hmac-sha512").await;
+    // While the key is below policy, `audit` fails it and the gauge says so (defect 9's "a key
+    // below policy is never OK", with the operator's own objects).
+    let rows = t.audit_rows().await;
+    assert_eq!(
+        rows["c1-primary-0"].verdict, "FAIL",
+        "{:?}",
+        rows["c1-primary-0"]
+    );
+    t.wait_gauge("rndc_warden_key_below_policy", "c1-primary-0", 1.0)
+        .await;
     let key = "c1-primary-0-rndc-key";
     t.back_date(key, Utc::now() - TimeDelta::hours(2), None)
         .await;
     let secret = t.wait_guarded("c1-primary-0", "hmac-sha512").await;
     t.assert_effective("c1-primary-0", "hmac-sha512", &secret)
+        .await;
+    t.wait_gauge("rndc_warden_key_below_policy", "c1-primary-0", 0.0)
         .await;
 
     // (c) later, on a provider: Bindy copies the provider's spec into its Bind9Cluster.
@@ -762,7 +815,10 @@ async fn defect_4_defaults_never_shadow_cluster_or_provider_blocks() {
     // rndc-warden governs by the provider's block once Bindy copied it into its cluster; the
     // key may already have been replaced (Bindy re-creates it, rndc-warden repairs it) or wait
     // for the rate limit, which a key older than an hour does not.
-    t.wait_audit_policy(&instance, "auto 720h").await;
+    t.wait_audit_row(&instance, "governed by a rotating block", |r| {
+        r.policy.starts_with("auto 720h")
+    })
+    .await;
     let key = format!("{instance}-rndc-key");
     if describe_secret(&t.secrets().get(&key).await.expect("secret")).algorithm != "hmac-sha384" {
         t.back_date(&key, Utc::now() - TimeDelta::hours(2), None)
@@ -1063,6 +1119,9 @@ async fn fifty_instances_rotate_together_once_each() {
     t.assert_once_each(&record, &names, &before).await;
 }
 
+/// What Bindy logs when it starts rotating a key.
+const BINDY_ROTATING_LOG: &str = "rotation is due, rotating";
+
 /// A restart of each operator during a rotation: the keys of 10 instances fall due, Bindy is
 /// killed (SIGKILL) right away and started again; then they fall due again and rndc-warden is
 /// killed right away and started again. Each time every key is rotated once and rolled once, and
@@ -1074,10 +1133,17 @@ async fn a_restart_of_either_operator_during_a_rotation_converges_to_once_each()
     let names = t.create_batch("r", 10).await;
     settle(&mut t, Duration::from_secs(3)).await;
 
-    // Bindy killed during the rotation.
+    // Bindy killed during the rotation: as soon as it logs that it is rotating a key (or after
+    // 10 s if it never gets there first; printed either way).
     let before = t.snapshot(&record, &names).await;
     t.make_due(&names).await;
+    let caught = t
+        .operator
+        .wait_for_log(BINDY_ROTATING_LOG, Duration::from_secs(10))
+        .await
+        .is_ok();
     t.operator.kill().await;
+    println!("restart bindy: killed while rotating: {caught}");
     let rotated_at_kill = t.snapshot(&record, &names).await;
     t.operator.start_again().await.expect("Bindy again");
     t.wait_all_rotated(&names, &before).await;
