@@ -244,7 +244,7 @@ impl<S> HeaderDeadline<S> {
         }
     }
 
-    fn read(&mut self, bytes: &[u8]) {
+    fn on_read(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
@@ -282,8 +282,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeaderDeadline<S> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let filled = buf.filled()[before..].to_vec();
-                this.read(&filled);
+                this.on_read(&buf.filled()[before..]);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending
@@ -455,6 +454,39 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// The header deadline times a request's headers, never an idle kept-alive connection:
+    /// idle past the deadline, the next read still waits; a later request that stalls after
+    /// its first byte fails at the deadline. Time is paused (no real waiting).
+    #[tokio::test(start_paused = true)]
+    async fn header_deadline_times_headers_not_idleness() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = HeaderDeadline::new(server, Duration::from_secs(1));
+        let mut buf = [0_u8; 64];
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".len();
+        let mut head = vec![0_u8; request];
+        server.read_exact(&mut head).await.expect("headers");
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("response");
+        let idle = tokio::time::timeout(Duration::from_secs(30), server.read(&mut buf)).await;
+        assert!(
+            idle.is_err(),
+            "an idle connection is not timed out: {idle:?}"
+        );
+        client.write_all(b"G").await.expect("first byte");
+        assert_eq!(server.read(&mut buf).await.expect("first byte"), 1);
+        let stalled = tokio::time::timeout(Duration::from_secs(30), server.read(&mut buf))
+            .await
+            .expect("the header deadline fires first");
+        let error = stalled.expect_err("headers not complete within the deadline");
+        assert!(is_header_timeout(&error), "{error}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_the_peer_never_takes_fails_after_the_timeout() {
