@@ -99,7 +99,8 @@ struct Stores {
 }
 
 /// The instance and cluster stores of a [`ClusterCache`], for the rotator to read instead of
-/// watching the same objects again, and the signal of every change to them.
+/// watching the same objects again, and the signal of every change to them. The rotator may
+/// wait on their `wait_until_ready`; nothing else in the process does (see [`Synced`]).
 #[derive(Debug, Clone)]
 pub struct SharedStores {
     /// `Bind9Instance`s, one store per watched namespace (or one for all).
@@ -125,8 +126,7 @@ pub struct StartedCache {
     pub tasks: Vec<CacheTask>,
 }
 
-/// How long one attempt at the initial list may take before the watch is started again with
-/// the other list semantic.
+/// How long one attempt at the initial list may take before the watch is started again.
 const INITIAL_LIST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether a watch error is HTTP 410 Gone / `Expired` (the resourceVersion the watch resumes
@@ -141,12 +141,44 @@ fn is_expired(error: &watcher::Error) -> bool {
     }
 }
 
+/// Whether a store has had its first complete list, for any number of waiters.
+///
+/// kube's `Store::wait_until_ready` wakes only the task that polled it last (its oneshot
+/// receiver keeps a single waker). Admission's readiness and the rotator both waited on the
+/// same instance and cluster stores, so whichever had polled first slept until something else
+/// polled it again: `serve` stayed unready although every list had answered (issue 12, 11).
+/// Admission waits on this signal instead; the rotator is then the stores' only
+/// `wait_until_ready` waiter.
+#[derive(Debug, Clone)]
+pub struct Synced(tokio::sync::watch::Receiver<bool>);
+
+impl Synced {
+    fn channel() -> (tokio::sync::watch::Sender<bool>, Synced) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Synced(rx))
+    }
+
+    /// Returns once the first complete list has been stored (at once if it has been); never
+    /// returns if the watch task ended before that.
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|synced| *synced).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether the first complete list has been stored.
+    pub fn is_synced(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
 fn reflect<K>(
     api: Api<K>,
     stop: impl Future<Output = ()> + Send + 'static,
     shrink: fn(&mut K),
     changed: Arc<Notify>,
-) -> (Store<K>, CacheTask)
+) -> (Store<K>, Synced, CacheTask)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -157,80 +189,65 @@ where
         + 'static,
 {
     let (reader, mut writer) = reflector::store();
-    // Readiness must not depend on luck with a CRD installed moments before (issue 12, 11):
-    // - the first list is served from the apiserver's watch cache (`any_semantic`): a
-    //   consistent list of a brand-new CRD can wait on that cache for minutes;
-    // - such a list can be older than what the watch cache then keeps, and the watch from its
-    //   resourceVersion fails with 410 `Expired` again and again (every re-list is served the
-    //   same stale version). On `Expired` the watch starts over with a consistent list (no
-    //   resourceVersion), which the apiserver answers from etcd or a current cache;
-    // - an attempt whose initial list has not completed within INITIAL_LIST_DEADLINE starts
-    //   over with the other semantic.
-    // The store is ready after the first complete list of either kind.
+    let (synced_tx, synced) = Synced::channel();
+    // The initial lists are consistent lists (kube's `any_semantic` does nothing here: with a
+    // page limit kube-core drops `resourceVersion=0`). A new CRD's list can be older than what
+    // its fresh watch cache then keeps, and the watch from its resourceVersion fails with 410
+    // `Expired`: the watch then starts over with a new list (kube alone would retry a watch
+    // that failed to start from the same resourceVersion forever). An attempt whose initial
+    // list has not completed within INITIAL_LIST_DEADLINE starts over too.
     let task = async move {
         let kind = K::kind(&());
         let mut stop = std::pin::pin!(stop);
-        let mut consistent = false;
         loop {
-            let config = if consistent {
-                watcher::Config::default()
-            } else {
-                watcher::Config::default().any_semantic()
-            };
-            let stream = watcher(api.clone(), config)
+            let stream = watcher(api.clone(), watcher::Config::default())
                 .default_backoff()
                 .modify(shrink);
             let mut stream = std::pin::pin!(stream);
-            let started = tokio::time::Instant::now();
+            let deadline = tokio::time::Instant::now() + INITIAL_LIST_DEADLINE;
             let mut listed = false;
-            let restart = loop {
-                let deadline = started + INITIAL_LIST_DEADLINE;
+            loop {
                 let next = tokio::select! {
                     () = &mut stop => return,
                     () = tokio::time::sleep_until(deadline), if !listed => None,
                     next = stream.next() => Some(next),
                 };
                 let Some(next) = next else {
-                    tracing::warn!(%kind, consistent, "initial list not complete after {INITIAL_LIST_DEADLINE:?}; listing again");
-                    break true;
+                    tracing::warn!(%kind, "initial list not complete after {INITIAL_LIST_DEADLINE:?}; listing again");
+                    break;
                 };
                 match next {
-                    None => break true,
+                    None => break,
                     Some(Ok(event)) => {
-                        if matches!(event, watcher::Event::InitDone) {
-                            listed = true;
-                        }
+                        let done = matches!(event, watcher::Event::InitDone);
                         writer.apply_watcher_event(&event);
+                        if done {
+                            listed = true;
+                            synced_tx.send_replace(true);
+                        }
                     }
                     Some(Err(error)) if is_expired(&error) => {
                         tracing::info!(%kind, %error, "watch expired; listing again from the current state");
-                        consistent = true;
-                        break false;
+                        break;
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
                     }
                 }
                 changed.notify_one();
-            };
-            if restart {
-                consistent = !consistent;
             }
             changed.notify_one();
         }
     };
-    (reader, Box::pin(task))
+    (reader, synced, Box::pin(task))
 }
 
-/// Waits until `store` has its first complete list, calling `still` every 10 s meanwhile.
-async fn wait_logged<K>(store: &Store<K>, still: impl Fn())
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    let mut ready = std::pin::pin!(store.wait_until_ready());
+/// Waits until `synced`, calling `still` every 10 s meanwhile.
+async fn wait_logged(synced: &Synced, still: impl Fn()) {
+    let mut ready = std::pin::pin!(synced.wait());
     loop {
         tokio::select! {
-            _ = &mut ready => return,
+            () = &mut ready => return,
             () = tokio::time::sleep(INITIAL_LIST_DEADLINE) => still(),
         }
     }
@@ -255,6 +272,7 @@ impl ClusterCache {
         let mut tasks = Vec::new();
         let mut instances = Vec::new();
         let mut clusters = Vec::new();
+        let mut synced: Vec<(&'static str, Synced)> = Vec::new();
         let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
             vec![None]
         } else {
@@ -268,11 +286,15 @@ impl ClusterCache {
                     Api::namespaced(client.clone(), ns),
                 ),
             };
-            let (store, task) = reflect(instance_api, stop(), strip_instance, changed.clone());
+            let (store, signal, task) =
+                reflect(instance_api, stop(), strip_instance, changed.clone());
             instances.push(store);
+            synced.push(("Bind9Instance", signal));
             tasks.push(task);
-            let (store, task) = reflect(cluster_api, stop(), strip_cluster, changed.clone());
+            let (store, signal, task) =
+                reflect(cluster_api, stop(), strip_cluster, changed.clone());
             clusters.push(store);
+            synced.push(("Bind9Cluster", signal));
             tasks.push(task);
         }
         let has_providers = match client
@@ -289,7 +311,9 @@ impl ClusterCache {
             }
         };
         let providers = if has_providers {
-            let (store, task) = reflect(Api::all(client), stop(), strip_provider, changed.clone());
+            let (store, signal, task) =
+                reflect(Api::all(client), stop(), strip_provider, changed.clone());
+            synced.push(("ClusterBind9Provider", signal));
             tasks.push(task);
             Some(store)
         } else {
@@ -302,7 +326,6 @@ impl ClusterCache {
             providers,
             changed,
         });
-        let waiting = stores.clone();
         let mut ready_stop = stop();
         tasks.push(Box::pin(async move {
             let synced = async {
@@ -310,14 +333,8 @@ impl ClusterCache {
                 let waited = |kind: &'static str| {
                     tracing::warn!(kind, waited = ?started.elapsed(), "watch cache not synced yet");
                 };
-                for store in &waiting.instances {
-                    wait_logged(store, || waited("Bind9Instance")).await;
-                }
-                for store in &waiting.clusters {
-                    wait_logged(store, || waited("Bind9Cluster")).await;
-                }
-                if let Some(providers) = &waiting.providers {
-                    wait_logged(providers, || waited("ClusterBind9Provider")).await;
+                for (kind, signal) in &synced {
+                    wait_logged(signal, || waited(kind)).await;
                 }
                 tracing::info!("watch caches synced");
                 readiness.set_caches_synced();
@@ -431,4 +448,39 @@ pub enum ClusterRefTarget {
     Cluster(Arc<Bind9Cluster>),
     /// A cluster-scoped `ClusterBind9Provider`.
     Provider(Arc<ClusterBind9Provider>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12 (11): every waiter is woken when the first list completes, whichever polled
+    /// first. (The same test with kube's `Store::wait_until_ready` in place of `Synced::wait`
+    /// fails: only the last poller is woken.) Time is paused, so a waiter that is never woken
+    /// ends the test at once through the timeout rather than after a real wait.
+    #[tokio::test(start_paused = true)]
+    async fn every_waiter_is_woken_when_the_first_list_completes() {
+        let (tx, synced) = Synced::channel();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let synced = synced.clone();
+                tokio::spawn(async move { synced.wait().await })
+            })
+            .collect();
+        // Every waiter polls (and parks) before the list completes.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert!(!synced.is_synced());
+        tx.send_replace(true);
+        for waiter in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(3600), waiter)
+                .await
+                .expect("a waiter was never woken")
+                .expect("waiter task");
+        }
+        // A waiter that comes later returns at once.
+        tokio::time::timeout(std::time::Duration::from_secs(3600), synced.wait())
+            .await
+            .expect("a late waiter returns");
+    }
 }

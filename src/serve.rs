@@ -323,6 +323,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let limits = ConnectionLimits {
         handshake_timeout: args.handshake_timeout,
         header_timeout: args.header_timeout,
+        idle_timeout: crate::admission::server::IDLE_TIMEOUT,
         write_timeout: args.write_timeout,
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         drain_timeout: args.drain_timeout,

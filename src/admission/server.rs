@@ -35,7 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use self::io::{HandoffStream, WriteDeadline, is_write_timeout};
+use self::io::{HandoffStream, HeaderDeadline, WriteDeadline, is_header_timeout, is_write_timeout};
 use super::tls::ReloadingTls;
 use crate::metrics::{Metrics, PhaseLabels};
 
@@ -51,10 +51,15 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 pub struct ConnectionLimits {
     /// Time allowed for the TLS handshake, from accept to the client's Finished.
     pub handshake_timeout: Duration,
-    /// Time allowed for a request's headers to arrive, counted from when the connection starts
-    /// waiting for the request: right after the handshake, or after the previous response on a
-    /// kept-alive connection. So it is also the keep-alive idle timeout.
+    /// Time allowed for a request's headers to arrive: from the end of the handshake for the
+    /// first request, from the request's first byte for later ones on a kept-alive connection.
     pub header_timeout: Duration,
+    /// How long a kept-alive connection may wait idle for its next request. Longer than the
+    /// apiserver client's own idle timeout (90 s), so the client, not this server, closes idle
+    /// connections: a close from this side races with the client sending on the connection,
+    /// and the apiserver does not retry a webhook POST whose write failed (the call fails, and
+    /// with `failurePolicy: Fail` so does the user's request).
+    pub idle_timeout: Duration,
     /// Longest a response may wait for the client to take it: from the moment the socket first
     /// refuses data until everything written has been handed to the kernel. Beyond it the
     /// connection is closed.
@@ -66,11 +71,15 @@ pub struct ConnectionLimits {
     pub drain_timeout: Duration,
 }
 
+/// The default [`ConnectionLimits::idle_timeout`].
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
+            idle_timeout: IDLE_TIMEOUT,
             write_timeout: Duration::from_secs(10),
             max_connections: 1024,
             drain_timeout: Duration::from_secs(25),
@@ -297,11 +306,11 @@ async fn serve_established(
 ) {
     let graceful = GracefulShutdown::new();
     // HTTP/1.1 only (what the apiserver speaks to webhooks), without protocol detection. hyper
-    // starts the header timer as soon as it waits for a request, so it also closes idle
-    // kept-alive connections.
+    // starts its header timer as soon as it waits for a request, so it is the idle timeout of
+    // kept-alive connections; `HeaderDeadline` times the headers themselves.
     let mut http = Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(limits.idle_timeout.max(limits.header_timeout))
         .max_buf_size(READ_BUFFER_BYTES)
         .keep_alive(true);
     while let Some(Established {
@@ -315,7 +324,10 @@ async fn serve_established(
             tracing::debug!(%peer, %error, "cannot take over the connection");
             continue;
         }
-        let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+        let io = TokioIo::new(WriteDeadline::new(
+            HeaderDeadline::new(stream, limits.header_timeout),
+            limits.write_timeout,
+        ));
         let service = TowerToHyperService::new(router.clone());
         let connection = http.serve_connection(io, service);
         let watcher = graceful.watcher();
@@ -325,7 +337,7 @@ async fn serve_established(
             if let Err(error) = watcher.watch(connection).await {
                 if is_write_timeout(&error) {
                     count_timeout(&metrics, "write");
-                } else if error.is_timeout() {
+                } else if error.is_timeout() || is_header_timeout(&error) {
                     count_timeout(&metrics, "headers");
                 }
                 tracing::debug!(%peer, %error, "connection ended with an error");

@@ -59,6 +59,25 @@ impl SecretChange<'_> {
         self.owner.map(|o| o.data_keys.clone()).unwrap_or_default()
     }
 
+    /// Whether this is someone else's rotation computed from an outdated copy: a new key with a
+    /// new `rndc-created-at` whose `rndc-rotation-count` does not exceed the stored one. The
+    /// Bindy operator rotates with an unconditional PUT (no resourceVersion) of rotation
+    /// `read + 1`; when rndc-warden rotated in between, that PUT would replace a minutes-old key
+    /// with a second one (two key changes, two rollouts). A rotation of the stored Secret
+    /// counts past it; a user's key edit that leaves the annotations alone keeps created-at.
+    pub fn is_stale_rotation(&self, cfg: &PolicyConfig) -> bool {
+        let Some(old) = self.old else { return false };
+        if self.by_rotator(cfg) || !self.key_changed() {
+            return false;
+        }
+        let created = |s: &Secret| annotation(s, ANNOTATION_CREATED_AT).and_then(parse_time);
+        let (Some(submitted), Some(stored)) = (created(self.new), created(old)) else {
+            return false;
+        };
+        submitted != stored
+            && matches!((count_of(self.new), count_of(old)), (Some(n), Some(o)) if n <= o)
+    }
+
     /// Whether the key material differs between the stored and the submitted Secret.
     pub fn key_changed(&self) -> bool {
         let Some(old) = self.old else { return false };
@@ -121,6 +140,10 @@ pub fn mutate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Mutation 
     let old = change.old;
     let mut set: BTreeMap<&str, String> = BTreeMap::new();
     let mut warnings = Vec::new();
+    // A stale rotation is left as submitted: validation denies it.
+    if change.is_stale_rotation(cfg) {
+        return Mutation::default();
+    }
     let external_rotation = !change.by_rotator(cfg) && change.key_changed();
 
     let removed = |key: &str| old.is_some_and(|o| annotation(o, key).is_some());
@@ -192,12 +215,16 @@ pub fn mutate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Mutation 
 /// The rotator's own writes are never denied for a problem the stored Secret already had: its
 /// remediation of a key below policy (a Secret the Bindy operator made with a 32-byte key for
 /// hmac-sha512, say) moves the Secret toward policy, and denying it would lock the key below
-/// policy for good. Problems its write would add are still denied.
+/// policy for good. Anyone else's update that leaves the key data as stored (annotations such
+/// as a back-dated `rndc-created-at`, labels, owners) is not denied for such a problem either:
+/// denials apply to what a request changes, and the key became wrong by a configuration edit
+/// (the cluster's algorithm), not by this write. Problems a write would add are still denied.
 pub fn validate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Validation {
     let validation = validate_secret_alone(change, cfg);
+    let by_rotator = change.by_rotator(cfg);
     let Some(stored) = change
         .old
-        .filter(|_| change.by_rotator(cfg) && !validation.allowed())
+        .filter(|old| !validation.allowed() && (by_rotator || old.data == change.new.data))
     else {
         return validation;
     };
@@ -212,9 +239,16 @@ pub fn validate_secret(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Validat
     let mut findings = Findings::default();
     for denial in validation.denials {
         if before.denials.contains(&denial) {
-            findings.warn(format!(
-                "allowed for rndc-warden's own write, which does not make it worse: {denial}"
-            ));
+            findings.warn(if by_rotator {
+                format!(
+                    "allowed for rndc-warden's own write, which does not make it worse: {denial}"
+                )
+            } else {
+                format!(
+                    "allowed because this update leaves the key data as stored, but the key is \
+                     below policy: {denial}"
+                )
+            });
         } else {
             findings.deny(denial);
         }
@@ -263,6 +297,16 @@ fn validate_secret_alone(change: &SecretChange<'_>, cfg: &PolicyConfig) -> Valid
         ));
     }
     let by_rotator = change.by_rotator(cfg);
+    if change.is_stale_rotation(cfg) {
+        let who = super::shown::cut(change.username, 253);
+        findings.deny(format!(
+            "{}: this write replaces the key as rotation {} but the stored Secret is already at \
+             rotation {} (rotated since it was read; requested by {who}); read the Secret again",
+            path(ANNOTATION_ROTATION_COUNT),
+            count_of(new).unwrap_or(0),
+            change.old.and_then(count_of).unwrap_or(0)
+        ));
+    }
     if !by_rotator {
         if let Some(created) = annotation(new, ANNOTATION_CREATED_AT).and_then(parse_time)
             && created > change.now + MAX_CLOCK_SKEW

@@ -331,7 +331,7 @@ fn a_stored_count_that_is_not_a_count_can_only_be_changed_by_the_rotator() {
 }
 
 #[test]
-fn the_rotators_write_toward_policy_is_never_denied_for_what_was_already_wrong() {
+fn writes_that_do_not_make_a_below_policy_key_worse_are_not_denied_for_it() {
     // Bindy's Secret: a 32-byte key, and the owner wants hmac-sha512 (64 bytes).
     let owner = EffectiveKeyConfig {
         algorithm: Algorithm::HmacSha512,
@@ -350,7 +350,24 @@ fn the_rotators_write_toward_policy_is_never_denied_for_what_was_already_wrong()
             &PolicyConfig::default(),
         )
     };
-    assert!(!by("mallory").allowed(), "a user's write keeps the rules");
+    // A user's write that leaves the key data as stored (a label here; a back-dated
+    // created-at alike) is not denied for what the stored key already had, but is told.
+    let v = by("mallory");
+    assert!(v.allowed(), "{:?}", v.denials);
+    assert!(
+        v.warnings
+            .iter()
+            .any(|w| w.contains("leaves the key data as stored")),
+        "{:?}",
+        v.warnings
+    );
+    // A user's write of key data that is still below policy keeps the rules.
+    let rekeyed = key_secret(2, &[(CREATED, "2026-01-01T00:00:00Z"), (COUNT, "0")]);
+    let v = validate_secret(
+        &change(&rekeyed, Some(&stored), "mallory", Some(&owner)),
+        &PolicyConfig::default(),
+    );
+    assert!(!v.allowed(), "new key data below policy is denied");
     let v = by(ROTATOR);
     assert!(v.allowed(), "{:?}", v.denials);
     assert!(
@@ -372,4 +389,55 @@ fn the_rotators_write_toward_policy_is_never_denied_for_what_was_already_wrong()
         &PolicyConfig::default(),
     );
     assert!(!v.allowed());
+}
+
+#[test]
+fn a_rotation_computed_from_an_outdated_copy_is_denied_and_left_unstamped() {
+    // rndc-warden rotated (count 1, created now); the Bindy operator's PUT was computed from
+    // the copy before that: a new key, its own created-at, rotation 1 again.
+    let stored = key_secret(1, &[(CREATED, "2026-03-01T12:00:00.100Z"), (COUNT, "1")]);
+    let stale = key_secret(
+        2,
+        &[(CREATED, "2026-03-01T12:00:00.300+00:00"), (COUNT, "1")],
+    );
+    let cfg = PolicyConfig::default();
+    let owner = owner(true);
+    let c = change(
+        &stale,
+        Some(&stored),
+        "system:serviceaccount:bindy:bindy",
+        Some(&owner),
+    );
+    assert!(c.is_stale_rotation(&cfg));
+    assert_eq!(
+        mutate_secret(&c, &cfg),
+        Mutation::default(),
+        "left as submitted"
+    );
+    let v = validate_secret(&c, &cfg);
+    assert!(
+        v.denials
+            .iter()
+            .any(|d| d.contains("already at rotation 1")),
+        "{:?}",
+        v.denials
+    );
+    // A rotation of the stored Secret counts past it: allowed.
+    let next = key_secret(
+        2,
+        &[(CREATED, "2026-03-01T12:00:00.300+00:00"), (COUNT, "2")],
+    );
+    let c = change(
+        &next,
+        Some(&stored),
+        "system:serviceaccount:bindy:bindy",
+        Some(&owner),
+    );
+    assert!(!c.is_stale_rotation(&cfg));
+    assert!(validate_secret(&c, &cfg).allowed());
+    // A user's new key that leaves the annotations as stored is an external rotation, as before.
+    let edited = key_secret(3, &[(CREATED, "2026-03-01T12:00:00.100Z"), (COUNT, "1")]);
+    let c = change(&edited, Some(&stored), "alice", Some(&owner));
+    assert!(!c.is_stale_rotation(&cfg));
+    assert_ne!(mutate_secret(&c, &cfg), Mutation::default());
 }

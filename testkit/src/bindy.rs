@@ -276,7 +276,8 @@ pub fn crd_yaml(crds: &BindyCrds) -> Result<Option<String>> {
 /// it last (declare it before whatever uses the operator): the previous test's objects, webhook
 /// configurations and processes are then gone.
 pub struct OperatorSlot {
-    _guard: tokio::sync::OwnedMutexGuard<()>,
+    /// `None` for [`OperatorSlot::private`].
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     kinds: Vec<BindyKind>,
     crds: Vec<String>,
     waited: Duration,
@@ -303,6 +304,22 @@ impl OperatorSlot {
             .lock_owned()
             .await;
         let waited = started.elapsed();
+        Self::install(client, crds, Some(guard), waited).await
+    }
+
+    /// The slot of a control plane of the caller's own, which no other operator uses (e.g. one
+    /// started with [`ControlPlane::start`] for a long test that runs beside the others): no
+    /// lock, the same clean-up and CRDs as [`OperatorSlot::acquire`].
+    pub async fn private(client: &Client, crds: BindyCrds) -> Result<OperatorSlot> {
+        Self::install(client, crds, None, Duration::ZERO).await
+    }
+
+    async fn install(
+        client: &Client,
+        crds: BindyCrds,
+        guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+        waited: Duration,
+    ) -> Result<OperatorSlot> {
         let kinds = upstream_kinds()?;
         sweep(client, &kinds).await;
         let names = match crd_yaml(&crds)? {

@@ -142,6 +142,11 @@ impl ControlPlane {
 
         let pki = run_dir.join("pki");
         fs::create_dir_all(&pki).ctx(|| format!("creating {}", pki.display()))?;
+        write_file(
+            &run_dir.join(crate::audit::POLICY_FILE),
+            crate::audit::POLICY,
+            false,
+        )?;
         let serving_ca = TestCa::new("e2e-apiserver-ca")?;
         let serving = serving_ca.server_cert(&[
             "kubernetes",
@@ -584,6 +589,10 @@ fn apiserver_command(
         .arg("--allow-privileged=true")
         .arg("--disable-admission-plugins=ServiceAccount")
         .arg("--v=1");
+    // Writes are audited (crate::audit), from the run directory that holds `pki`.
+    if let Some(run_dir) = pki.parent() {
+        api.args(crate::audit::apiserver_args(run_dir));
+    }
     api
 }
 

@@ -25,6 +25,7 @@
 //! - [`named`]: BIND9; [`pki`]: certificates; [`process`]: child processes; [`wait`]: polling;
 //! - [`leaks`]: a marker key planted in requests, and looked for in what comes out.
 
+pub mod audit;
 pub mod bindy;
 pub mod bins;
 pub mod control_plane;

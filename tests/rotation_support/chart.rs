@@ -128,12 +128,13 @@ impl ChartInstall {
         install
     }
 
-    /// Waits until a dry-run create of a bare standalone instance in `namespace` comes back with
-    /// the mutating webhook's defaults (`spec.rndcKey`): both configurations are served with the
-    /// injected CA (with `failurePolicy: Fail`, a create fails until then).
+    /// Waits until a dry-run create of a standalone instance in `namespace` comes back mutated
+    /// (`role: Primary` normalised to `primary`): both configurations are served with the
+    /// injected CA (with `failurePolicy: Fail`, a create fails until then). The probe rotates
+    /// its key, so compliance mode (`policy.requireAutoRotate`) admits it too.
     pub async fn wait_webhooks(&mut self, env: &TestEnv, namespace: &str) {
         let manifest = format!(
-            "apiVersion: bindy.firestoned.io/v1beta1\nkind: Bind9Instance\nmetadata:\n  name: webhook-probe\n  namespace: {namespace}\nspec:\n  role: primary\n  clusterRef: \"\"\n"
+            "apiVersion: bindy.firestoned.io/v1beta1\nkind: Bind9Instance\nmetadata:\n  name: webhook-probe\n  namespace: {namespace}\nspec:\n  role: Primary\n  clusterRef: \"\"\n  rndcKey:\n    autoRotate: true\n"
         );
         let started = Instant::now();
         loop {
@@ -149,7 +150,7 @@ impl ChartInstall {
                 .expect("kubectl runs");
             if out.success() {
                 let object: Value = serde_json::from_str(&out.stdout).expect("JSON");
-                if object["spec"]["rndcKey"].is_object() {
+                if object["spec"]["role"] == "primary" {
                     return;
                 }
             }

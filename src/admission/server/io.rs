@@ -164,21 +164,178 @@ impl std::error::Error for WriteTimedOut {}
 
 /// Whether `error`, or an error it was caused by, is a [`WriteDeadline`] timeout.
 pub(super) fn is_write_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<WriteTimedOut>(error)
+}
+
+#[derive(Debug)]
+struct HeadersTimedOut(Duration);
+
+impl std::fmt::Display for HeadersTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request headers did not arrive within {:?} (header timeout)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for HeadersTimedOut {}
+
+/// Whether `error`, or an error it was caused by, is a [`HeaderDeadline`] timeout.
+pub(super) fn is_header_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<HeadersTimedOut>(error)
+}
+
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
-        if error.is::<WriteTimedOut>() {
+        if error.is::<E>() {
             return true;
         }
         if let Some(io) = error.downcast_ref::<io::Error>()
-            && io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<WriteTimedOut>())
+            && io.get_ref().is_some_and(|inner| inner.is::<E>())
         {
             return true;
         }
         next = error.source();
     }
     false
+}
+
+/// Where a connection is in its request cycle, as far as reads and writes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request's headers (the first request from the start of the connection, a later
+    /// one from its first byte): the header deadline runs.
+    Headers,
+    /// Headers complete: the body, the handler and the response.
+    Request,
+    /// The response has been written and no byte of the next request has come: a kept-alive
+    /// idle connection, which the header deadline leaves alone.
+    Idle,
+}
+
+/// Fails reads once a request's headers have not arrived within `timeout`: counted from the
+/// start of the connection for the first request and from the first byte for later ones, like
+/// Go's `ReadHeaderTimeout`. An idle kept-alive connection is not timed here: closing it from
+/// this side races with the client reusing it (the apiserver's client keeps idle connections
+/// for 90 s and does not retry a POST whose write fails, so its webhook call fails); hyper's own
+/// header timer, set to the longer idle timeout, closes those.
+#[derive(Debug)]
+pub(super) struct HeaderDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+    phase: Phase,
+    /// The last bytes read in [`Phase::Headers`], to find `\r\n\r\n` across reads.
+    tail: Vec<u8>,
+}
+
+impl<S> HeaderDeadline<S> {
+    /// Wraps `inner`; the first request's headers are due within `timeout` from now.
+    pub(super) fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            phase: Phase::Headers,
+            tail: Vec::new(),
+        }
+    }
+
+    fn on_read(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Headers;
+            self.tail.clear();
+            self.sleep.as_mut().reset(Instant::now() + self.timeout);
+        }
+        if self.phase == Phase::Headers {
+            self.tail.extend_from_slice(bytes);
+            if self.tail.windows(4).any(|w| w == b"\r\n\r\n") {
+                self.phase = Phase::Request;
+                self.tail.clear();
+            } else {
+                let keep = self.tail.len().saturating_sub(3);
+                self.tail.drain(..keep);
+            }
+        }
+    }
+
+    fn wrote(&mut self, written: usize) {
+        if written > 0 {
+            self.phase = Phase::Idle;
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for HeaderDeadline<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.on_read(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending
+                if this.phase == Phase::Headers && this.sleep.as_mut().poll(cx).is_ready() =>
+            {
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    HeadersTimedOut(this.timeout),
+                )))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            this.wrote(n);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            this.wrote(n);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// Fails writes, flushes and shutdowns that cannot complete within `timeout`.
@@ -297,6 +454,39 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// The header deadline times a request's headers, never an idle kept-alive connection:
+    /// idle past the deadline, the next read still waits; a later request that stalls after
+    /// its first byte fails at the deadline. Time is paused (no real waiting).
+    #[tokio::test(start_paused = true)]
+    async fn header_deadline_times_headers_not_idleness() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = HeaderDeadline::new(server, Duration::from_secs(1));
+        let mut buf = [0_u8; 64];
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".len();
+        let mut head = vec![0_u8; request];
+        server.read_exact(&mut head).await.expect("headers");
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("response");
+        let idle = tokio::time::timeout(Duration::from_secs(30), server.read(&mut buf)).await;
+        assert!(
+            idle.is_err(),
+            "an idle connection is not timed out: {idle:?}"
+        );
+        client.write_all(b"G").await.expect("first byte");
+        assert_eq!(server.read(&mut buf).await.expect("first byte"), 1);
+        let stalled = tokio::time::timeout(Duration::from_secs(30), server.read(&mut buf))
+            .await
+            .expect("the header deadline fires first");
+        let error = stalled.expect_err("headers not complete within the deadline");
+        assert!(is_header_timeout(&error), "{error}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_the_peer_never_takes_fails_after_the_timeout() {
