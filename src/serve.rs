@@ -69,10 +69,14 @@ pub struct ServeArgs {
     /// Time allowed for a client's TLS handshake.
     #[arg(long, env = "RNDC_WARDEN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub handshake_timeout: Duration,
-    /// Time allowed for a request's headers, counted from when the connection starts waiting for
-    /// it (after the handshake or the previous response): also the keep-alive idle timeout.
+    /// Time allowed for a request's headers: from the end of the handshake for a connection's
+    /// first request, from the first byte of each later one.
     #[arg(long, env = "RNDC_WARDEN_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub header_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request. Keep it above the
+    /// apiserver's idle timeout (90 s), so the apiserver closes idle connections first.
+    #[arg(long, env = "RNDC_WARDEN_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_timeout)]
+    pub idle_timeout: Duration,
     /// Longest a response may wait for the client to take it; the connection is closed beyond it.
     #[arg(long, env = "RNDC_WARDEN_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub write_timeout: Duration,
@@ -323,7 +327,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let limits = ConnectionLimits {
         handshake_timeout: args.handshake_timeout,
         header_timeout: args.header_timeout,
-        idle_timeout: crate::admission::server::IDLE_TIMEOUT,
+        idle_timeout: args.idle_timeout,
         write_timeout: args.write_timeout,
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         drain_timeout: args.drain_timeout,
@@ -406,6 +410,7 @@ mod tests {
             ["--max-connections", "0"],
             ["--handshake-timeout", "0s"],
             ["--header-timeout", "0ms"],
+            ["--idle-timeout", "0s"],
             ["--write-timeout", "0s"],
         ] {
             let cli =
