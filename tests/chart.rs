@@ -120,7 +120,7 @@ fn try_render(release: &str, namespace: &str, values: &str) -> Result<String, St
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_yaml_ng::Deserializer::from_str(yaml)
         .map(|doc| serde::Deserialize::deserialize(doc).expect("rendered YAML parses"))
         .filter(|doc: &Value| !doc.is_null())
         .collect()
@@ -1884,7 +1884,7 @@ fn every_value_is_documented_in_the_chart_readme() {
         "updateStrategy",
         "webhook.objectSelector",
     ];
-    fn leaves(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<String>) {
+    fn leaves(prefix: &str, value: &serde_yaml_ng::Value, out: &mut Vec<String>) {
         match value.as_mapping() {
             Some(map) if !map.is_empty() && !FREE_FORM.contains(&prefix) => {
                 for (key, child) in map {
@@ -1900,7 +1900,7 @@ fn every_value_is_documented_in_the_chart_readme() {
             _ => out.push(prefix.to_owned()),
         }
     }
-    let values: serde_yaml::Value = serde_yaml::from_str(
+    let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"),
     )
     .expect("values.yaml parses");
