@@ -152,6 +152,11 @@ pub struct Metrics {
     /// 1 while the instance's stored key is below policy (too short, missing data keys or
     /// label, another algorithm than configured), 0 otherwise.
     pub key_below_policy: Family<InstanceLabels, Gauge>,
+    /// When each rotating instance's stored key was created (Unix seconds, from the Secret's
+    /// `rndc-created-at`): the key's age is `time() - this`.
+    pub key_created: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    /// When the certificate served to the apiserver expires (Unix seconds).
+    pub serving_cert_expiry: Gauge<f64, AtomicU64>,
     /// 1 while this replica holds the rotator Lease.
     pub rotator_leader: Gauge,
     /// Failed rotator API requests by verb.
@@ -232,6 +237,18 @@ impl Metrics {
             "Whether the instance's stored RNDC key is below policy (1) or not (0)",
             key_below_policy.clone(),
         );
+        let key_created = Family::<InstanceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "rndc_warden_key_created_timestamp_seconds",
+            "When the instance's stored RNDC key was created, in Unix seconds",
+            key_created.clone(),
+        );
+        let serving_cert_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "rndc_warden_serving_cert_expiry_timestamp_seconds",
+            "When the serving certificate expires, in Unix seconds",
+            serving_cert_expiry.clone(),
+        );
         let rotator_leader = Gauge::default();
         registry.register(
             "rndc_warden_rotator_leader",
@@ -256,6 +273,8 @@ impl Metrics {
             rotations,
             rotation_seconds_until,
             key_below_policy,
+            key_created,
+            serving_cert_expiry,
             rotator_leader,
             rotator_api_errors,
             admission_requests,

@@ -336,11 +336,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics.clone(),
         stop_signal(),
     ));
+    let expiry = |tls: &ReloadingTls| tls.not_after().map_or(0.0, |at| at as f64);
+    metrics.serving_cert_expiry.set(expiry(&tls));
     let reload_metrics = metrics.clone();
+    let reloaded_tls = tls.clone();
     let count_reload = move |outcome| {
         let result = match outcome {
             ReloadOutcome::Unchanged => return,
-            ReloadOutcome::Reloaded => "success",
+            ReloadOutcome::Reloaded => {
+                reload_metrics
+                    .serving_cert_expiry
+                    .set(expiry(&reloaded_tls));
+                "success"
+            }
             ReloadOutcome::KeptPrevious => "failure",
         };
         reload_metrics
