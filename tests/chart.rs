@@ -255,6 +255,14 @@ fn option_sets() -> Vec<(&'static str, String)> {
             "serviceMonitor:\n  enabled: true\n  labels:\n    release: prometheus\n".into(),
         ),
         (
+            "prometheus-rule",
+            "prometheusRule:\n  enabled: true\n  labels:\n    release: prometheus\n  alertLabels:\n    team: dns\n".into(),
+        ),
+        (
+            "grafana-dashboard",
+            "grafanaDashboard:\n  enabled: true\n  annotations:\n    grafana_folder: DNS\n".into(),
+        ),
+        (
             "network-policy",
             "networkPolicy:\n  enabled: true\n  metricsFrom:\n    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: monitoring\n".into(),
         ),
@@ -608,6 +616,8 @@ fn every_option_renders_what_it_promises() {
                 let monitor = r.get("ServiceMonitor", "rel-rndc-warden");
                 assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
                 assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+                // The per-key series' namespace/instance labels are the Bind9Instance's.
+                assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
                 let service = r.get("Service", "rel-rndc-warden");
                 assert!(
                     service["spec"]["ports"]
@@ -617,6 +627,36 @@ fn every_option_renders_what_it_promises() {
                         .any(|p| p["name"] == "metrics"),
                     "the Service exposes the metrics port"
                 );
+            }
+            "prometheus-rule" => {
+                let rule = r.get("PrometheusRule", "rel-rndc-warden");
+                assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+                let alerts: Vec<&Value> = rule["spec"]["groups"]
+                    .as_array()
+                    .expect("groups")
+                    .iter()
+                    .flat_map(|g| g["rules"].as_array().expect("rules"))
+                    .collect();
+                assert!(alerts.len() >= 10, "{alerts:?}");
+                for alert in alerts {
+                    assert_eq!(alert["labels"]["team"], "dns", "{alert}");
+                    assert!(
+                        alert["expr"]
+                            .as_str()
+                            .is_some_and(|e| e.contains(r#"job="rel-rndc-warden""#)),
+                        "each rule selects the release's job: {alert}"
+                    );
+                }
+            }
+            "grafana-dashboard" => {
+                let map = r.get("ConfigMap", "rel-rndc-warden-dashboard");
+                assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+                assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "DNS");
+                let json = map["data"]["rndc-warden-dashboard.json"]
+                    .as_str()
+                    .expect("dashboard");
+                let dashboard: Value = serde_json::from_str(json).expect("dashboard JSON");
+                assert_eq!(dashboard["uid"], "rndc-warden");
             }
             "network-policy" => {
                 let policy = r.get("NetworkPolicy", "rel-rndc-warden");
@@ -1883,6 +1923,7 @@ fn every_value_is_documented_in_the_chart_readme() {
         "resources",
         "updateStrategy",
         "webhook.objectSelector",
+        "grafanaDashboard.labels",
     ];
     fn leaves(prefix: &str, value: &serde_yaml_ng::Value, out: &mut Vec<String>) {
         match value.as_mapping() {
