@@ -22,16 +22,18 @@ fi
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 mkdir -p "$out"
 cd "$mod"
+# The stamp names the version and the sources of the mains, so a changed main is rebuilt.
+stamp="$version $(cat go.mod go.sum ./*/main.go | sha256sum | cut -c1-16)"
 for bin in controller cainjector; do
-  # The version file is written last, so a build that was cut short is redone.
-  if [ -x "$out/$bin" ] && [ "$(cat "$out/$bin.version" 2>/dev/null)" = "$version" ]; then
+  # The stamp file is written last, so a build that was cut short is redone.
+  if [ -x "$out/$bin" ] && [ "$(cat "$out/$bin.version" 2>/dev/null)" = "$stamp" ]; then
     continue
   fi
   log "building cert-manager $bin $version (cold: several minutes)"
   start=$SECONDS
   /usr/bin/time -f "cert-manager-bins: $bin peak RSS %M KiB, %e s wall" \
     go build -trimpath -ldflags "-s -w" -o "$out/$bin" "./$bin"
-  echo "$version" >"$out/$bin.version"
+  echo "$stamp" >"$out/$bin.version"
   log "$bin built in $((SECONDS - start)) s"
 done
 # The CRDs of the same version, from the module the binaries were built from.
