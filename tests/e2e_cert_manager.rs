@@ -496,7 +496,7 @@ async fn cert_manager_issues_injects_and_renews_without_a_failed_admission_call(
     );
     println!(
         "CERT-MANAGER: {calls} admission calls across a renewal, none failed; reload seen {:.1}s into the loop",
-        renewed_at.map_or(0.0, |_| started.elapsed().as_secs_f64())
+        renewed_at.map_or(0.0, |at| at.duration_since(started).as_secs_f64())
     );
     drop(warden);
     drop(volume);
