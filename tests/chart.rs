@@ -874,6 +874,18 @@ fn values_that_violate_the_schema_are_rejected_with_a_clear_message() {
             "server:\n  handshakeTimeout: 10\n",
             "at '/server/handshakeTimeout'",
         ),
+        (
+            "prometheusRule:\n  failureWindow: 15 minutes\n",
+            "at '/prometheusRule/failureWindow'",
+        ),
+        (
+            "prometheusRule:\n  webhookErrorRatio: 2\n",
+            "at '/prometheusRule/webhookErrorRatio'",
+        ),
+        (
+            "grafanaDashboard:\n  enable: true\n",
+            "at '/grafanaDashboard'",
+        ),
     ];
     for (values, expected) in cases {
         match try_render("rel", RELEASE_NS, values) {

@@ -134,6 +134,41 @@ fn promtool_check_rules_accepts_the_rendered_rules() {
     }
 }
 
+/// The rules as a plain Prometheus rule file for release `rndc-warden` (job `rndc-warden`), for
+/// users without the Prometheus Operator.
+#[test]
+fn the_plain_rule_file_in_deploy_is_up_to_date() {
+    let yaml = helm_template(
+        &["--set", "prometheusRule.enabled=true"],
+        "templates/prometheusrule.yaml",
+    )
+    .replace("rel-rndc-warden", "rndc-warden");
+    let rule: Value = serde_yaml_ng::from_str(&yaml).expect("the PrometheusRule is YAML");
+    let generated = format!(
+        "# The alerts of charts/rndc-warden (prometheusRule.*) as a Prometheus rule file, for release\n\
+         # `rndc-warden` (job=\"rndc-warden\") with the default thresholds; runbooks: docs/operations.md.\n\
+         # Generated; do not edit. Regenerate: UPDATE_MANIFESTS=1 cargo test --test monitoring\n{}",
+        serde_yaml_ng::to_string(&rule["spec"]).expect("spec as YAML")
+    );
+    let path = root().join("deploy/monitoring/rndc-warden-rules.yaml");
+    if std::env::var_os("UPDATE_MANIFESTS").is_some() {
+        std::fs::write(&path, &generated).expect("rule file written");
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "deploy/monitoring/rndc-warden-rules.yaml is stale; UPDATE_MANIFESTS=1 cargo test --test monitoring"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(&file, &on_disk).expect("copy");
+    let out = run(
+        Command::new(promtool()).args(["check", "rules"]).arg(&file),
+        None,
+    );
+    assert!(out.ok, "promtool check rules:\n{}", out.out);
+}
+
 #[test]
 fn without_the_rotator_only_the_rotator_alerts_are_left_out() {
     let all = alert_names(&rendered_rule(&[]));
