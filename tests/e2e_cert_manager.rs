@@ -5,7 +5,8 @@
 //!
 //! `helm install` in cert-manager mode; cert-manager issues the chart's self-signed root, CA and
 //! serving Certificate; cainjector injects the CA into both webhook configurations; the real
-//! binary, run as the chart's Deployment runs it, serves the Secret cert-manager wrote. There is
+//! binary, run as the chart's Deployment runs it and started before anything is issued, waits for
+//! and then serves the Secret cert-manager wrote. There is
 //! no kubelet, so a stand-in syncs the Secret into files the way a Secret volume is updated (a
 //! new timestamped directory, then an atomic `..data` symlink swap). Admission is called through
 //! the apiserver in a loop across a renewal (short `duration`), which the server's file watch
@@ -263,6 +264,64 @@ async fn cert_manager_issues_injects_and_renews_without_a_failed_admission_call(
         out.stderr
     );
 
+    // The server, as the Deployment runs it, on the files of the Secret volume, started before
+    // cert-manager has issued anything: it waits for the files (RNDC_WARDEN_TLS_WAIT).
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &release_ns);
+    let secret_name = format!("{FULLNAME}-tls");
+    let volume = SecretVolume::start(secrets.clone(), &secret_name);
+    let deployment = get_json(&env, &["deployment", FULLNAME, "-n", &release_ns]).await;
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let env_value = |name: &str| {
+        container["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == name))
+            .and_then(|v| v["value"].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        env_value("RNDC_WARDEN_TLS_CERT").as_deref(),
+        Some("/etc/rndc-warden/tls/tls.crt")
+    );
+    assert_eq!(
+        env_value("RNDC_WARDEN_TLS_KEY").as_deref(),
+        Some("/etc/rndc-warden/tls/tls.key")
+    );
+    assert_eq!(env_value("RNDC_WARDEN_TLS_WAIT").as_deref(), Some("50s"));
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "tls"))
+            .map(|v| v["secret"]["secretName"].clone()),
+        Some(Value::from(secret_name.clone())),
+        "the Deployment mounts the Secret cert-manager writes"
+    );
+    let account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("service account")
+        .to_owned();
+    let token = mint_token(&env.client, &release_ns, &account, 3600)
+        .await
+        .expect("TokenRequest");
+    let username = format!("system:serviceaccount:{release_ns}:{account}");
+    let identity = Identity::from_token(env.cp, &format!("{release_ns}-cm"), &username, &token)
+        .await
+        .expect("identity");
+    let mut warden = WardenProcess::like_the_deployment(
+        &format!("{FULLNAME}-0"),
+        &deployment,
+        &release_ns,
+        &identity.kubeconfig_path,
+        port,
+    )
+    .with_env(
+        "RNDC_WARDEN_TLS_CERT",
+        &volume.path("tls.crt").display().to_string(),
+    )
+    .with_env(
+        "RNDC_WARDEN_TLS_KEY",
+        &volume.path("tls.key").display().to_string(),
+    );
+    warden.start();
     // cert-manager issues the chart's Certificates.
     let started = Instant::now();
     let serving = format!("{FULLNAME}-serving");
@@ -286,8 +345,6 @@ async fn cert_manager_issues_injects_and_renews_without_a_failed_admission_call(
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &release_ns);
-    let secret_name = format!("{FULLNAME}-tls");
     let secret = secrets.get(&secret_name).await.expect("the serving Secret");
     let data = secret.data.clone().unwrap_or_default();
     for key in ["tls.crt", "tls.key", "ca.crt"] {
@@ -335,68 +392,6 @@ async fn cert_manager_issues_injects_and_renews_without_a_failed_admission_call(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // The server, as the Deployment runs it, on the files of the Secret volume.
-    let volume = SecretVolume::start(secrets.clone(), &secret_name);
-    let started = Instant::now();
-    while !(volume.path("tls.crt").exists() && volume.path("tls.key").exists()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the Secret volume was never written"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let deployment = get_json(&env, &["deployment", FULLNAME, "-n", &release_ns]).await;
-    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let env_value = |name: &str| {
-        container["env"]
-            .as_array()
-            .and_then(|e| e.iter().find(|v| v["name"] == name))
-            .and_then(|v| v["value"].as_str())
-            .map(str::to_owned)
-    };
-    assert_eq!(
-        env_value("RNDC_WARDEN_TLS_CERT").as_deref(),
-        Some("/etc/rndc-warden/tls/tls.crt")
-    );
-    assert_eq!(
-        env_value("RNDC_WARDEN_TLS_KEY").as_deref(),
-        Some("/etc/rndc-warden/tls/tls.key")
-    );
-    assert_eq!(
-        deployment["spec"]["template"]["spec"]["volumes"]
-            .as_array()
-            .and_then(|v| v.iter().find(|v| v["name"] == "tls"))
-            .map(|v| v["secret"]["secretName"].clone()),
-        Some(Value::from(secret_name.clone())),
-        "the Deployment mounts the Secret cert-manager writes"
-    );
-    let account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-        .as_str()
-        .expect("service account")
-        .to_owned();
-    let token = mint_token(&env.client, &release_ns, &account, 3600)
-        .await
-        .expect("TokenRequest");
-    let username = format!("system:serviceaccount:{release_ns}:{account}");
-    let identity = Identity::from_token(env.cp, &format!("{release_ns}-cm"), &username, &token)
-        .await
-        .expect("identity");
-    let mut warden = WardenProcess::like_the_deployment(
-        &format!("{FULLNAME}-0"),
-        &deployment,
-        &release_ns,
-        &identity.kubeconfig_path,
-        port,
-    )
-    .with_env(
-        "RNDC_WARDEN_TLS_CERT",
-        &volume.path("tls.crt").display().to_string(),
-    )
-    .with_env(
-        "RNDC_WARDEN_TLS_KEY",
-        &volume.path("tls.key").display().to_string(),
-    );
-    warden.start();
     warden.wait_ready(Duration::from_secs(120)).await;
 
     // Admission through the apiserver with cainjector's caBundle.
