@@ -38,8 +38,8 @@ spec:
 
 fn bench(c: &mut Criterion) {
     let instance: Bind9Instance =
-        serde_yaml::from_str(INSTANCE).expect("benchmark instance parses");
-    let cluster: Bind9Cluster = serde_yaml::from_str(CLUSTER).expect("benchmark cluster parses");
+        serde_yaml_ng::from_str(INSTANCE).expect("benchmark instance parses");
+    let cluster: Bind9Cluster = serde_yaml_ng::from_str(CLUSTER).expect("benchmark cluster parses");
     let cfg = PolicyConfig::default();
     c.bench_function("review_instance (mutate + validate)", |b| {
         b.iter(|| policy::review_instance(&instance, Some(&cluster), &cfg))

@@ -362,8 +362,8 @@ fn split_documents(
                 !(l.is_empty() || l.starts_with('#') || l.starts_with("---"))
             })
             .map_or(start, |offset| start + offset);
-        match serde_yaml::from_str::<serde_yaml::Value>(&chunk) {
-            Ok(serde_yaml::Value::Null) => {}
+        match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&chunk) {
+            Ok(serde_yaml_ng::Value::Null) => {}
             Ok(yaml) => match serde_json::to_value(&yaml) {
                 Ok(value) => push_document(source, content, value, documents),
                 Err(e) => errors.push(InputError {

@@ -152,6 +152,11 @@ pub struct Metrics {
     /// 1 while the instance's stored key is below policy (too short, missing data keys or
     /// label, another algorithm than configured), 0 otherwise.
     pub key_below_policy: Family<InstanceLabels, Gauge>,
+    /// When each rotating instance's stored key was created (Unix seconds, from the Secret's
+    /// `rndc-created-at`): the key's age is `time() - this`.
+    pub key_created: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    /// When the certificate served to the apiserver expires (Unix seconds).
+    pub serving_cert_expiry: Gauge<f64, AtomicU64>,
     /// 1 while this replica holds the rotator Lease.
     pub rotator_leader: Gauge,
     /// Failed rotator API requests by verb.
@@ -232,6 +237,18 @@ impl Metrics {
             "Whether the instance's stored RNDC key is below policy (1) or not (0)",
             key_below_policy.clone(),
         );
+        let key_created = Family::<InstanceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "rndc_warden_key_created_timestamp_seconds",
+            "When the instance's stored RNDC key was created, in Unix seconds",
+            key_created.clone(),
+        );
+        let serving_cert_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "rndc_warden_serving_cert_expiry_timestamp_seconds",
+            "When the serving certificate expires, in Unix seconds",
+            serving_cert_expiry.clone(),
+        );
         let rotator_leader = Gauge::default();
         registry.register(
             "rndc_warden_rotator_leader",
@@ -250,12 +267,39 @@ impl Metrics {
             "Reloads of BIND9 pods onto a changed RNDC key Secret, by status",
             secret_reloads.clone(),
         );
+        // Known label values start at 0, so that the first failure is an increase that
+        // `increase()`/`rate()` (and so the alerts) can see, and every series is there to graph.
+        for result in ["success", "failure"] {
+            let labels = ResultLabels {
+                result: result.to_owned(),
+            };
+            let _ = rotations.get_or_create(&labels);
+            let _ = tls_reloads.get_or_create(&labels);
+        }
+        for status in ["success", "failed"] {
+            let _ = secret_reloads.get_or_create(&ReloadLabels {
+                status: status.to_owned(),
+            });
+        }
+        for verb in ["get", "create", "update", "patch"] {
+            let _ = rotator_api_errors.get_or_create(&ApiErrorLabels {
+                verb: verb.to_owned(),
+            });
+        }
+        for phase in ["handshake", "headers", "write"] {
+            let _ = admission_connection_timeouts.get_or_create(&PhaseLabels { phase });
+        }
+        for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+            let _ = admission_duration.get_or_create(&EndpointLabels { endpoint });
+        }
         Arc::new(Self {
             registry,
             secret_reloads,
             rotations,
             rotation_seconds_until,
             key_below_policy,
+            key_created,
+            serving_cert_expiry,
             rotator_leader,
             rotator_api_errors,
             admission_requests,
@@ -268,18 +312,88 @@ impl Metrics {
         })
     }
 
-    /// The metrics in the Prometheus text exposition format.
+    /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The metrics in the classic Prometheus text format (0.0.4), for scrapers and tools that do
+    /// not ask for OpenMetrics (`promtool check metrics`, curl): a counter's `HELP` and `TYPE`
+    /// name its `_total` samples, and there is no `# UNIT` or `# EOF`.
+    pub fn encode_classic(&self) -> String {
+        openmetrics_to_classic(&self.encode())
+    }
+}
+
+/// Rewrites OpenMetrics text as prometheus-client writes it (HELP, TYPE, samples per family) into
+/// the classic text format.
+fn openmetrics_to_classic(open: &str) -> String {
+    let mut out = String::with_capacity(open.len());
+    let mut help: Option<(&str, &str)> = None;
+    let flush = |out: &mut String, help: &mut Option<(&str, &str)>| {
+        if let Some((name, text)) = help.take() {
+            let _ = writeln!(out, "# HELP {name} {text}");
+        }
+    };
+    for line in open.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            flush(&mut out, &mut help);
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), kind),
+                "unknown" => (name.to_owned(), "untyped"),
+                _ => (name.to_owned(), kind),
+            };
+            if let Some((help_name, text)) = help.take() {
+                let help_name = if name.starts_with(help_name) {
+                    &name
+                } else {
+                    help_name
+                };
+                let _ = writeln!(out, "# HELP {help_name} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        } else {
+            flush(&mut out, &mut help);
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    flush(&mut out, &mut help);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_samples() {
+        let metrics = Metrics::new();
+        metrics.rotator_leader.set(1);
+        let text = metrics.encode_classic();
+        assert!(
+            text.contains("# HELP rndc_warden_rotations_total RNDC key rotations by result.\n# TYPE rndc_warden_rotations_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# TYPE rndc_warden_rotator_leader gauge\nrndc_warden_rotator_leader 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE rndc_warden_admission_duration_seconds histogram\n"));
+        assert!(!text.contains("# EOF"), "{text}");
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples(&text), samples(&metrics.encode()));
+    }
 
     #[test]
     fn encoded_metrics_carry_names_and_labels() {
@@ -294,6 +408,16 @@ mod tests {
             })
             .inc();
         let text = metrics.encode();
+        for series in [
+            r#"rndc_warden_rotations_total{result="failure"} 0"#,
+            r#"bind9_rndc_secret_reloads_total{status="failed"} 0"#,
+            r#"rndc_warden_tls_reloads_total{result="failure"} 0"#,
+            r#"rndc_warden_rotator_api_errors_total{verb="patch"} 0"#,
+            r#"rndc_warden_admission_connection_timeouts_total{phase="handshake"} 0"#,
+            r#"rndc_warden_admission_duration_seconds_count{endpoint="mutate"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} starts at 0:\n{text}");
+        }
         assert!(
             text.contains(
                 r#"rndc_warden_admission_requests_total{endpoint="validate",kind="Bind9Instance",operation="CREATE",decision="denied"} 1"#

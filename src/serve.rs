@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// How often the certificate files are checked for changes.
     #[arg(long, env = "RNDC_WARDEN_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
+    /// How long to wait at start for `--tls-cert`/`--tls-key` files that do not exist yet (a
+    /// certificate cert-manager has not issued yet); 0s fails at once.
+    #[arg(long, env = "RNDC_WARDEN_TLS_WAIT", default_value = "0s", value_parser = parse_duration)]
+    pub tls_wait: Duration,
     /// Where a generated self-signed CA and serving certificate are written.
     #[arg(long, env = "RNDC_WARDEN_GENERATED_CERT_DIR")]
     pub generated_cert_dir: Option<PathBuf>,
@@ -172,6 +176,27 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Loads the serving certificate files, waiting up to `wait` while one of them does not exist yet;
+/// any other problem (and a file still missing after `wait`) fails at once.
+async fn load_when_present(files: TlsFiles, wait: Duration) -> Result<ReloadingTls, tls::TlsError> {
+    let started = std::time::Instant::now();
+    let mut logged = false;
+    loop {
+        match ReloadingTls::load(files.clone()) {
+            Err(tls::TlsError::Read { path, source })
+                if source.kind() == std::io::ErrorKind::NotFound && started.elapsed() < wait =>
+            {
+                if !logged {
+                    tracing::info!(path = %path.display(), ?wait, "waiting for the serving certificate files");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 fn tls_files(args: &ServeArgs) -> anyhow::Result<TlsFiles> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         return Ok(TlsFiles {
@@ -264,7 +289,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => {
             let files = tls_files(&args)?;
-            Arc::new(ReloadingTls::load(files).context("loading the serving certificate")?)
+            Arc::new(
+                load_when_present(files, args.tls_wait)
+                    .await
+                    .context("loading the serving certificate")?,
+            )
         }
     };
     let cache = match &client {
@@ -341,11 +370,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics.clone(),
         stop_signal(),
     ));
+    let expiry = |tls: &ReloadingTls| tls.not_after().map_or(0.0, |at| at as f64);
+    metrics.serving_cert_expiry.set(expiry(&tls));
     let reload_metrics = metrics.clone();
+    let reloaded_tls = tls.clone();
     let count_reload = move |outcome| {
         let result = match outcome {
             ReloadOutcome::Unchanged => return,
-            ReloadOutcome::Reloaded => "success",
+            ReloadOutcome::Reloaded => {
+                reload_metrics
+                    .serving_cert_expiry
+                    .set(expiry(&reloaded_tls));
+                "success"
+            }
             ReloadOutcome::KeptPrevious => "failure",
         };
         reload_metrics

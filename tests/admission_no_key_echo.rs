@@ -212,7 +212,7 @@ fn check(manifest: &Value) -> String {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn check");
-        let yaml = serde_yaml::to_string(manifest).expect("yaml");
+        let yaml = serde_yaml_ng::to_string(manifest).expect("yaml");
         child
             .stdin
             .take()

@@ -120,7 +120,7 @@ fn try_render(release: &str, namespace: &str, values: &str) -> Result<String, St
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_yaml_ng::Deserializer::from_str(yaml)
         .map(|doc| serde::Deserialize::deserialize(doc).expect("rendered YAML parses"))
         .filter(|doc: &Value| !doc.is_null())
         .collect()
@@ -253,6 +253,14 @@ fn option_sets() -> Vec<(&'static str, String)> {
         (
             "service-monitor",
             "serviceMonitor:\n  enabled: true\n  labels:\n    release: prometheus\n".into(),
+        ),
+        (
+            "prometheus-rule",
+            "prometheusRule:\n  enabled: true\n  labels:\n    release: prometheus\n  alertLabels:\n    team: dns\n".into(),
+        ),
+        (
+            "grafana-dashboard",
+            "grafanaDashboard:\n  enabled: true\n  annotations:\n    grafana_folder: DNS\n".into(),
         ),
         (
             "network-policy",
@@ -609,6 +617,8 @@ fn every_option_renders_what_it_promises() {
                 let monitor = r.get("ServiceMonitor", "rel-rndc-warden");
                 assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
                 assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+                // The per-key series' namespace/instance labels are the Bind9Instance's.
+                assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
                 let service = r.get("Service", "rel-rndc-warden");
                 assert!(
                     service["spec"]["ports"]
@@ -618,6 +628,36 @@ fn every_option_renders_what_it_promises() {
                         .any(|p| p["name"] == "metrics"),
                     "the Service exposes the metrics port"
                 );
+            }
+            "prometheus-rule" => {
+                let rule = r.get("PrometheusRule", "rel-rndc-warden");
+                assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+                let alerts: Vec<&Value> = rule["spec"]["groups"]
+                    .as_array()
+                    .expect("groups")
+                    .iter()
+                    .flat_map(|g| g["rules"].as_array().expect("rules"))
+                    .collect();
+                assert!(alerts.len() >= 10, "{alerts:?}");
+                for alert in alerts {
+                    assert_eq!(alert["labels"]["team"], "dns", "{alert}");
+                    assert!(
+                        alert["expr"]
+                            .as_str()
+                            .is_some_and(|e| e.contains(r#"job="rel-rndc-warden""#)),
+                        "each rule selects the release's job: {alert}"
+                    );
+                }
+            }
+            "grafana-dashboard" => {
+                let map = r.get("ConfigMap", "rel-rndc-warden-dashboard");
+                assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+                assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "DNS");
+                let json = map["data"]["rndc-warden-dashboard.json"]
+                    .as_str()
+                    .expect("dashboard");
+                let dashboard: Value = serde_json::from_str(json).expect("dashboard JSON");
+                assert_eq!(dashboard["uid"], "rndc-warden");
             }
             "network-policy" => {
                 let policy = r.get("NetworkPolicy", "rel-rndc-warden");
@@ -835,6 +875,18 @@ fn values_that_violate_the_schema_are_rejected_with_a_clear_message() {
         (
             "server:\n  handshakeTimeout: 10\n",
             "at '/server/handshakeTimeout'",
+        ),
+        (
+            "prometheusRule:\n  failureWindow: 15 minutes\n",
+            "at '/prometheusRule/failureWindow'",
+        ),
+        (
+            "prometheusRule:\n  webhookErrorRatio: 2\n",
+            "at '/prometheusRule/webhookErrorRatio'",
+        ),
+        (
+            "grafanaDashboard:\n  enable: true\n",
+            "at '/grafanaDashboard'",
         ),
     ];
     for (values, expected) in cases {
@@ -1907,8 +1959,9 @@ fn every_value_is_documented_in_the_chart_readme() {
         "resources",
         "updateStrategy",
         "webhook.objectSelector",
+        "grafanaDashboard.labels",
     ];
-    fn leaves(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<String>) {
+    fn leaves(prefix: &str, value: &serde_yaml_ng::Value, out: &mut Vec<String>) {
         match value.as_mapping() {
             Some(map) if !map.is_empty() && !FREE_FORM.contains(&prefix) => {
                 for (key, child) in map {
@@ -1924,7 +1977,7 @@ fn every_value_is_documented_in_the_chart_readme() {
             _ => out.push(prefix.to_owned()),
         }
     }
-    let values: serde_yaml::Value = serde_yaml::from_str(
+    let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"),
     )
     .expect("values.yaml parses");

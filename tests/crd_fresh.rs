@@ -26,7 +26,7 @@ fn committed_crds_are_up_to_date() {
 #[test]
 fn every_generated_crd_is_structural_and_serves_v1beta1_with_status() {
     let generated = crd_yaml();
-    let crds: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&generated)
+    let crds: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&generated)
         .map(|doc| serde::Deserialize::deserialize(doc).expect("each document is YAML"))
         .collect();
     assert_eq!(crds.len(), 3);
@@ -55,5 +55,46 @@ fn assert_no_mixed_properties(node: &serde_json::Value, path: &str) {
         for (i, child) in items.iter().enumerate() {
             assert_no_mixed_properties(child, &format!("{path}[{i}]"));
         }
+    }
+}
+
+/// Every `format` in the generated schemas is one the apiserver knows (an unknown one, such as the
+/// `uint32` schemars derives for `u32`, makes every `kubectl apply` print a warning).
+#[test]
+fn every_generated_format_is_known_to_the_apiserver() {
+    let generated = crd_yaml();
+    let mut formats = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&generated) {
+        let crd: serde_json::Value = serde::Deserialize::deserialize(doc).expect("YAML");
+        collect_formats(&crd, &mut formats);
+    }
+    assert!(
+        formats.iter().any(|f| f == "int64"),
+        "the status counters carry an integer format: {formats:?}"
+    );
+    let unknown: Vec<&String> = formats
+        .iter()
+        .filter(|f| !rndc_warden::api::APISERVER_FORMATS.contains(&f.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "formats the apiserver does not know: {unknown:?}"
+    );
+}
+
+fn collect_formats(node: &serde_json::Value, out: &mut Vec<String>) {
+    match node {
+        serde_json::Value::Object(object) => {
+            if let Some(serde_json::Value::String(format)) = object.get("format") {
+                out.push(format.clone());
+            }
+            object
+                .values()
+                .for_each(|child| collect_formats(child, out));
+        }
+        serde_json::Value::Array(items) => {
+            items.iter().for_each(|child| collect_formats(child, out))
+        }
+        _ => {}
     }
 }

@@ -26,7 +26,7 @@ fn upstream_crds() -> String {
 }
 
 /// `status.rndcKeyRotation` as `kubectl get -o yaml` shows it.
-async fn kubectl_status(t: &RotationEnv, name: &str) -> serde_yaml::Value {
+async fn kubectl_status(t: &RotationEnv, name: &str) -> serde_yaml_ng::Value {
     let out = t
         .env
         .cp
@@ -35,7 +35,7 @@ async fn kubectl_status(t: &RotationEnv, name: &str) -> serde_yaml::Value {
         .expect("kubectl")
         .ok()
         .expect("kubectl get");
-    let object: serde_yaml::Value = serde_yaml::from_str(&out.stdout).expect("yaml");
+    let object: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out.stdout).expect("yaml");
     object["status"].clone()
 }
 

@@ -147,3 +147,80 @@ fn unusable_tls_flags_are_refused_with_the_flag_or_file_named() {
     assert!(stderr.contains("/nonexistent/tls.crt"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// With `--tls-wait`, certificate files that appear after the start (cert-manager issuing into a
+/// Secret volume) are waited for; a file still missing after the wait fails with its path.
+#[test]
+fn tls_wait_waits_for_certificate_files_that_appear_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, probe) = (free_port(), free_port());
+    let (cert, key) = (
+        dir.path().join("tls/tls.crt"),
+        dir.path().join("tls/tls.key"),
+    );
+    let log_path = dir.path().join("serve.log");
+    let mut child = binary()
+        .args([
+            "serve",
+            "--no-cluster",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--probe-listen", &format!("127.0.0.1:{probe}")])
+        .args(["--tls-wait", "60s", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until("the wait to be logged", Duration::from_secs(30), || {
+        log().contains("waiting for the serving certificate files")
+    });
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "exited while waiting: {}",
+        log()
+    );
+    // The files appear: generated elsewhere, then moved into place.
+    let generated = dir.path().join("generated");
+    let pair = rndc_warden::admission::tls::generate_self_signed(
+        &generated,
+        &["localhost".to_owned()],
+        &["127.0.0.1".parse().expect("ip")],
+        1,
+    )
+    .expect("certificate");
+    std::fs::create_dir_all(cert.parent().expect("dir")).expect("tls dir");
+    std::fs::rename(&pair.files.key, &key).expect("key in place");
+    std::fs::rename(&pair.files.cert, &cert).expect("cert in place");
+    wait_until("readiness", Duration::from_secs(30), || {
+        get(probe, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let missing = binary()
+        .args([
+            "serve",
+            "--no-cluster",
+            "--listen",
+            "127.0.0.1:0",
+            "--probe-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--tls-wait",
+            "1s",
+            "--tls-cert",
+            "/nonexistent/tls.crt",
+            "--tls-key",
+            "/nonexistent/tls.key",
+        ])
+        .output()
+        .expect("run");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/tls.crt"));
+}

@@ -239,6 +239,13 @@ impl Material {
         })
     }
 
+    /// When the leaf (first) certificate expires, in Unix seconds; `None` when it does not parse.
+    fn not_after(&self) -> Option<i64> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&self.cert).ok()?;
+        let cert = pem.parse_x509().ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     fn fingerprint(&self) -> Fingerprint {
         let ca = self
             .client_ca
@@ -283,11 +290,26 @@ impl Material {
     }
 }
 
+/// A built configuration with what identifies and dates its material.
+struct Loaded {
+    config: Arc<ServerConfig>,
+    fingerprint: Fingerprint,
+    not_after: Option<i64>,
+}
+
+impl Material {
+    fn loaded(&self, cert_origin: &Path, key_origin: &Path) -> Result<Loaded, TlsError> {
+        Ok(Loaded {
+            config: Arc::new(self.build(cert_origin, key_origin)?),
+            fingerprint: self.fingerprint(),
+            not_after: self.not_after(),
+        })
+    }
+}
+
 /// Reads the files and builds a rustls server configuration.
-fn load(files: &TlsFiles) -> Result<(ServerConfig, Fingerprint), TlsError> {
-    let material = Material::read(files)?;
-    let config = material.build(&files.cert, &files.key)?;
-    Ok((config, material.fingerprint()))
+fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
+    Material::read(files)?.loaded(&files.cert, &files.key)
 }
 
 fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -331,32 +353,37 @@ enum Source {
 #[derive(Debug)]
 pub struct ReloadingTls {
     source: Source,
-    current: RwLock<(Arc<ServerConfig>, Fingerprint)>,
+    current: RwLock<Loaded>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReloadingTls {
     /// Loads the files once; fails when they are missing or invalid (checked before binding).
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
-        let (config, fingerprint) = load(&files)?;
+        let loaded = load(&files)?;
         Ok(Self {
             source: Source::Files(files),
-            current: RwLock::new((Arc::new(config), fingerprint)),
+            current: RwLock::new(loaded),
         })
     }
 
     /// Serves `pair` from memory; later changes come through [`ReloadingTls::set_pem`].
     pub fn from_pem(pair: &PemPair, client_ca: Option<PathBuf>) -> Result<Self, TlsError> {
-        let (config, fingerprint) = Self::build_pem(pair, client_ca.as_deref())?;
+        let loaded = Self::build_pem(pair, client_ca.as_deref())?;
         Ok(Self {
             source: Source::Memory { client_ca },
-            current: RwLock::new((Arc::new(config), fingerprint)),
+            current: RwLock::new(loaded),
         })
     }
 
-    fn build_pem(
-        pair: &PemPair,
-        client_ca: Option<&Path>,
-    ) -> Result<(ServerConfig, Fingerprint), TlsError> {
+    fn build_pem(pair: &PemPair, client_ca: Option<&Path>) -> Result<Loaded, TlsError> {
         let material = Material {
             cert: pair.cert.as_bytes().to_vec(),
             key: pair.key.as_bytes().to_vec(),
@@ -366,8 +393,7 @@ impl ReloadingTls {
             },
         };
         let origin = Path::new("<in-memory serving certificate>");
-        let config = material.build(origin, origin)?;
-        Ok((config, material.fingerprint()))
+        material.loaded(origin, origin)
     }
 
     /// Serves `pair` to new connections if it differs from the current material and is valid;
@@ -378,9 +404,9 @@ impl ReloadingTls {
             Source::Files(files) => files.client_ca.as_deref(),
         };
         match Self::build_pem(pair, client_ca) {
-            Ok((_, fingerprint)) if fingerprint == self.fingerprint() => ReloadOutcome::Unchanged,
-            Ok((config, fingerprint)) => {
-                self.swap(config, fingerprint);
+            Ok(loaded) if loaded.fingerprint == self.fingerprint() => ReloadOutcome::Unchanged,
+            Ok(loaded) => {
+                self.swap(loaded);
                 tracing::info!("now serving the renewed self-managed certificate");
                 ReloadOutcome::Reloaded
             }
@@ -391,27 +417,34 @@ impl ReloadingTls {
         }
     }
 
-    fn fingerprint(&self) -> Fingerprint {
+    fn read_current<T>(&self, field: impl FnOnce(&Loaded) -> T) -> T {
         match self.current.read() {
-            Ok(guard) => guard.1.clone(),
-            Err(poisoned) => poisoned.into_inner().1.clone(),
+            Ok(guard) => field(&guard),
+            Err(poisoned) => field(&poisoned.into_inner()),
         }
     }
 
-    fn swap(&self, config: ServerConfig, fingerprint: Fingerprint) {
+    fn fingerprint(&self) -> Fingerprint {
+        self.read_current(|loaded| loaded.fingerprint.clone())
+    }
+
+    fn swap(&self, loaded: Loaded) {
         let mut guard = match self.current.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *guard = (Arc::new(config), fingerprint);
+        *guard = loaded;
     }
 
     /// The configuration new connections use.
     pub fn config(&self) -> Arc<ServerConfig> {
-        match self.current.read() {
-            Ok(guard) => guard.0.clone(),
-            Err(poisoned) => poisoned.into_inner().0.clone(),
-        }
+        self.read_current(|loaded| loaded.config.clone())
+    }
+
+    /// When the served leaf certificate expires, in Unix seconds (`None` if it does not parse as
+    /// X.509, which rustls would have refused anyway).
+    pub fn not_after(&self) -> Option<i64> {
+        self.read_current(|loaded| loaded.not_after)
     }
 
     /// Re-reads the files (following symlinks) and swaps the configuration when their content
@@ -422,9 +455,9 @@ impl ReloadingTls {
         };
         let previous = self.fingerprint();
         match load(files) {
-            Ok((_, fingerprint)) if fingerprint == previous => ReloadOutcome::Unchanged,
-            Ok((config, fingerprint)) => {
-                self.swap(config, fingerprint);
+            Ok(loaded) if loaded.fingerprint == previous => ReloadOutcome::Unchanged,
+            Ok(loaded) => {
+                self.swap(loaded);
                 tracing::info!(cert = %files.cert.display(), "reloaded the serving certificate");
                 ReloadOutcome::Reloaded
             }
@@ -529,6 +562,12 @@ mod tests {
         std::fs::copy(&fresh.files.key, &tls.files.key).expect("copy");
         assert_eq!(reloading.reload(), ReloadOutcome::Reloaded);
         assert!(!Arc::ptr_eq(&before, &reloading.config()));
+        let expected = time_now() + time::Duration::days(30);
+        let not_after = reloading.not_after().expect("leaf expiry");
+        assert!(
+            (not_after - expected.unix_timestamp()).abs() < 60,
+            "{not_after}"
+        );
 
         let good = reloading.config();
         std::fs::write(&tls.files.cert, "garbage").expect("write");

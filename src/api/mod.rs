@@ -40,13 +40,85 @@ pub fn crd_yaml() -> String {
     );
     for crd in crds {
         out.push_str("---\n");
+        let mut value = match serde_json::to_value(&crd) {
+            Ok(value) => value,
+            Err(error) => {
+                out.push_str(&format!("# failed to serialise a CRD: {error}\n"));
+                continue;
+            }
+        };
+        apiserver_formats(&mut value);
         // Serialising a CRD value to YAML cannot fail: it holds only strings, maps and numbers.
-        match serde_yaml::to_string(&crd) {
+        match serde_yaml_ng::to_string(&value) {
             Ok(yaml) => out.push_str(&yaml),
             Err(error) => out.push_str(&format!("# failed to serialise a CRD: {error}\n")),
         }
     }
     out
+}
+
+/// The `format`s the apiserver validates (`k8s.io/kube-openapi` strfmt and the OpenAPI numbers);
+/// any other makes `kubectl apply` print `Warning: unrecognized format`.
+pub const APISERVER_FORMATS: &[&str] = &[
+    "int32",
+    "int64",
+    "float",
+    "double",
+    "byte",
+    "binary",
+    "password",
+    "date",
+    "date-time",
+    "datetime",
+    "duration",
+    "bsonobjectid",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "mac",
+    "uuid",
+    "uuid3",
+    "uuid4",
+    "uuid5",
+    "isbn",
+    "isbn10",
+    "isbn13",
+    "creditcard",
+    "ssn",
+    "hexcolor",
+    "rgbcolor",
+];
+
+/// Rewrites the integer formats schemars derives from Rust types (`uint32`, `uint8`, ...) into
+/// ones the apiserver knows: a type that fits `int32` or `int64` gets that format (its
+/// `minimum: 0` stays), a wider one loses the format; any other unknown format is dropped.
+fn apiserver_formats(node: &mut serde_json::Value) {
+    match node {
+        serde_json::Value::Object(object) => {
+            if let Some(serde_json::Value::String(format)) = object.get("format") {
+                let known = match format.as_str() {
+                    "int8" | "int16" | "uint8" | "uint16" => Some("int32"),
+                    "uint32" => Some("int64"),
+                    other if APISERVER_FORMATS.contains(&other) => Some(other),
+                    _ => None,
+                };
+                match known.map(str::to_owned) {
+                    Some(format) => {
+                        object.insert("format".into(), serde_json::Value::String(format));
+                    }
+                    None => {
+                        object.remove("format");
+                    }
+                }
+            }
+            object.values_mut().for_each(apiserver_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(apiserver_formats),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -58,7 +130,7 @@ mod tests {
     where
         T: serde::de::DeserializeOwned + serde::Serialize,
     {
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
+        for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
             let original: Value = serde::Deserialize::deserialize(doc).expect("fixture is YAML");
             let typed: T = serde_json::from_value(original.clone()).expect("fixture parses");
             let back = serde_json::to_value(&typed).expect("serialises");

@@ -21,7 +21,7 @@ fn cluster(spec: &str) -> Bind9Cluster {
 
 /// YAML goes through a JSON value, as `check` reads it (unmodelled fields are kept as JSON text).
 fn yaml_object<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, String> {
-    let value: serde_json::Value = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+    let value: serde_json::Value = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
     serde_json::from_value(value).map_err(|e| e.to_string())
 }
 

@@ -590,7 +590,8 @@ fn assess(ctx: &Context, key: &SecretKey, members: &[Member], now: DateTime<Utc>
 
 /// The per-instance key gauges: seconds until the key is due (negative when overdue, from the
 /// Secret's `rndc-created-at` and the effective `rotateAfter`, whatever the rotator plans; at
-/// most 0 for a key below policy, which is due at once), and whether the key is below policy.
+/// most 0 for a key below policy, which is due at once), when the key was created, and whether the
+/// key is below policy.
 fn key_gauges(
     ctx: &Context,
     namespace: &str,
@@ -610,9 +611,19 @@ fn key_gauges(
         .key_below_policy
         .get_or_create(&labels)
         .set(i64::from(below));
-    let due_at = secret
-        .and_then(|s| crate::policy::KeyAnnotations::of(s).created_at)
-        .map(|created| created + config.rotate_after.as_time_delta());
+    let created_at = secret.and_then(|s| crate::policy::KeyAnnotations::of(s).created_at);
+    match created_at {
+        Some(created) => {
+            ctx.metrics
+                .key_created
+                .get_or_create(&labels)
+                .set(created.timestamp() as f64);
+        }
+        None => {
+            ctx.metrics.key_created.remove(&labels);
+        }
+    }
+    let due_at = created_at.map(|created| created + config.rotate_after.as_time_delta());
     match due_at.filter(|_| config.rotates()) {
         Some(at) => {
             let mut until = seconds_until(at, now);

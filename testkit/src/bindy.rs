@@ -215,7 +215,7 @@ pub fn upstream_crd_documents() -> Result<Vec<String>> {
 pub fn upstream_kinds() -> Result<Vec<BindyKind>> {
     let mut kinds = Vec::new();
     for document in upstream_crd_documents()? {
-        let crd: serde_json::Value = serde_yaml::from_str(&document)?;
+        let crd: serde_json::Value = serde_yaml_ng::from_str(&document)?;
         let text = |pointer: &str| {
             crd.pointer(pointer)
                 .and_then(serde_json::Value::as_str)
@@ -247,15 +247,15 @@ pub fn crd_yaml(crds: &BindyCrds) -> Result<Option<String>> {
         BindyCrds::Upstream => upstream.join("\n---\n"),
         BindyCrds::Replacing(own) => {
             let mut replaced = BTreeSet::new();
-            for document in serde_yaml::Deserializer::from_str(own) {
-                let value = serde_yaml::Value::deserialize(document)?;
+            for document in serde_yaml_ng::Deserializer::from_str(own) {
+                let value = serde_yaml_ng::Value::deserialize(document)?;
                 if let Some(name) = value["metadata"]["name"].as_str() {
                     replaced.insert(name.to_owned());
                 }
             }
             let mut documents = vec![own.clone()];
             for document in upstream {
-                let value: serde_yaml::Value = serde_yaml::from_str(&document)?;
+                let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&document)?;
                 let name = value["metadata"]["name"].as_str().unwrap_or_default();
                 if !replaced.contains(name) {
                     documents.push(document);
@@ -793,7 +793,7 @@ impl Drop for BindyOperator {
 fn rbac_manifest<T: DeserializeOwned>(file: &str) -> Result<T> {
     let path = source_dir().join("deploy/operator/rbac").join(file);
     let text = std::fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
-    Ok(serde_yaml::from_str(&text)?)
+    Ok(serde_yaml_ng::from_str(&text)?)
 }
 
 /// Upstream's RBAC for one operator: ServiceAccount `bindy` in the operator namespace,
@@ -916,9 +916,9 @@ mod tests {
         let yaml = crd_yaml(&BindyCrds::Replacing(own.to_owned()))
             .expect("yaml")
             .expect("some");
-        let names: Vec<String> = serde_yaml::Deserializer::from_str(&yaml)
+        let names: Vec<String> = serde_yaml_ng::Deserializer::from_str(&yaml)
             .filter_map(|d| {
-                serde_yaml::Value::deserialize(d).ok()?["metadata"]["name"]
+                serde_yaml_ng::Value::deserialize(d).ok()?["metadata"]["name"]
                     .as_str()
                     .map(str::to_owned)
             })

@@ -82,8 +82,49 @@ impl Binaries {
     }
 }
 
+/// A tool one of the project's build scripts makes and caches (`scripts/promtool-bin.sh`,
+/// `scripts/cert-manager-bins.sh`): the path in `env_var` when it is set, else the path the
+/// script prints on its last line (it builds once, under a lock, and reuses its cache after).
+pub fn built_by_script(script: &str, env_var: &str) -> Result<PathBuf> {
+    let script_path = workspace_root().join(script);
+    let path = match std::env::var_os(env_var).filter(|v| !v.is_empty()) {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let script = &script_path;
+            let cache = cache_root();
+            fs::create_dir_all(&cache).ctx(|| format!("creating {}", cache.display()))?;
+            let stem = script.file_stem().unwrap_or_default().to_string_lossy();
+            let lock_path = cache.join(format!("{stem}.lock"));
+            let lock = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .ctx(|| format!("opening {}", lock_path.display()))?;
+            lock.lock()
+                .ctx(|| format!("locking {}", lock_path.display()))?;
+            let printed = script_output(script);
+            let _ = lock.unlock();
+            PathBuf::from(printed?)
+        }
+    };
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::ProgramMissing {
+            program: path.display().to_string(),
+            hint: format!("build it with {} or set {env_var}", script_path.display()),
+        })
+    }
+}
+
 /// Runs the build script (its progress goes to our stderr) and returns the binaries it printed.
 fn run_build_script(script: &Path) -> Result<Binaries> {
+    Binaries::in_dir(script_output(script)?)
+}
+
+/// Runs a build script (its progress goes to our stderr) and returns its last non-empty line.
+fn script_output(script: &Path) -> Result<String> {
     if which("go").is_none() {
         return Err(Error::GoMissing);
     }
@@ -106,10 +147,10 @@ fn run_build_script(script: &Path) -> Result<Binaries> {
         .rev()
         .find(|l| !l.trim().is_empty())
         .ok_or_else(|| Error::Invalid {
-            what: "e2e-bins.sh output",
-            reason: "it printed no binary directory".into(),
+            what: "build script output",
+            reason: format!("{} printed no path", script.display()),
         })?;
-    Binaries::in_dir(dir.trim())
+    Ok(dir.trim().to_owned())
 }
 
 /// The workspace root (the directory holding `scripts/` and the root `Cargo.toml`).

@@ -18,12 +18,12 @@ pub const FIELD_MANAGER: &str = "rndc-warden-testkit";
 pub async fn apply_crds(client: &Client, yaml: &str, timeout: Duration) -> Result<Vec<String>> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(yaml) {
-        let value = serde_yaml::Value::deserialize(document)?;
+    for document in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let value = serde_yaml_ng::Value::deserialize(document)?;
         if value.is_null() {
             continue;
         }
-        let crd: CustomResourceDefinition = serde_yaml::from_value(value)?;
+        let crd: CustomResourceDefinition = serde_yaml_ng::from_value(value)?;
         let name = crd.metadata.name.clone().ok_or_else(|| Error::Invalid {
             what: "CRD",
             reason: "metadata.name is missing".into(),

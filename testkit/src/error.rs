@@ -71,7 +71,7 @@ pub enum Error {
 
     /// (De)serialising YAML failed.
     #[error("YAML: {0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] serde_yaml_ng::Error),
 
     /// A control-plane process did not become ready in time or exited early.
     #[error("{what} did not become ready: {reason}\n{logs}")]

@@ -386,8 +386,8 @@ pub fn examples_manifest(files: &[&str], namespace: &str, kinds: &[BindyKind]) -
         let path = dir.join(file);
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let mut value = serde_yaml::Value::deserialize(document).expect("example YAML");
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let mut value = serde_yaml_ng::Value::deserialize(document).expect("example YAML");
             if value.is_null() {
                 continue;
             }
@@ -402,7 +402,7 @@ pub fn examples_manifest(files: &[&str], namespace: &str, kinds: &[BindyKind]) -
             if kind == "ClusterBind9Provider" && !value["spec"]["namespace"].is_null() {
                 value["spec"]["namespace"] = namespace.into();
             }
-            documents.push(serde_yaml::to_string(&value).expect("YAML"));
+            documents.push(serde_yaml_ng::to_string(&value).expect("YAML"));
         }
     }
     documents.join("---\n")

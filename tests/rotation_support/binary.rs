@@ -16,6 +16,8 @@ pub struct WardenProcess {
     dir: tempfile::TempDir,
     child: Option<Child>,
     probe: u16,
+    /// The admission port of the current start.
+    admission: u16,
     starts: u32,
     /// The admission port of every start (the port of the chart's `webhook.url`); `None`: a
     /// fresh port per start.
@@ -71,6 +73,7 @@ impl WardenProcess {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             probe: 0,
+            admission: 0,
             starts: 0,
             listen: None,
             generated_cert: true,
@@ -124,6 +127,7 @@ impl WardenProcess {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             probe: 0,
+            admission: 0,
             starts: 0,
             listen: Some(listen),
             generated_cert: false,
@@ -203,6 +207,17 @@ impl WardenProcess {
             .expect("spawn rndc-warden");
         self.child = Some(child);
         self.probe = probe;
+        self.admission = listen;
+    }
+
+    /// The admission (HTTPS) port of the current start.
+    pub fn admission_port(&self) -> u16 {
+        self.admission
+    }
+
+    /// The CA of the generated serving certificate (PEM file), with `--generated-cert-dir`.
+    pub fn generated_ca(&self) -> PathBuf {
+        self.dir.path().join("certs/ca.crt")
     }
 
     fn log_path(&self, start: u32) -> PathBuf {
