@@ -106,7 +106,7 @@ pub struct Row {
     /// `rndc-rotation-count`.
     pub rotations: String,
     /// `OK`, `OVERDUE`, `NOT-ROTATING`, `WEAK-ALGORITHM`, `USER-MANAGED` or `FAIL`.
-    pub verdict: String,
+    pub verdict: Verdict,
     /// One sentence of detail.
     pub detail: String,
 }
@@ -160,7 +160,7 @@ pub fn rows(inventory: &Inventory, policy: &PolicyConfig, now: DateTime<Utc>) ->
                     key_created: "-".into(),
                     next_rotation: "-".into(),
                     rotations: "-".into(),
-                    verdict: crate::policy::Verdict::NotRotating.as_str().into(),
+                    verdict: Verdict::NotRotating,
                     detail: e.to_string(),
                 });
                 continue;
@@ -221,7 +221,7 @@ pub fn rows(inventory: &Inventory, policy: &PolicyConfig, now: DateTime<Utc>) ->
                 .as_ref()
                 .filter(|_| secret.is_some())
                 .map_or_else(|| "-".to_owned(), |a| a.rotation_count.to_string()),
-            verdict: finding.verdict.as_str().to_owned(),
+            verdict: finding.verdict,
             detail: finding.detail,
         });
     }
@@ -251,7 +251,7 @@ fn fields(row: &Row) -> [&str; 9] {
         &row.key_created,
         &row.next_rotation,
         &row.rotations,
-        &row.verdict,
+        row.verdict.as_str(),
     ]
 }
 
@@ -400,43 +400,39 @@ pub async fn collect(
     Ok(rows(&inventory, policy, Utc::now()))
 }
 
-/// Runs `audit`; exit code 0 when every row is OK or USER-MANAGED, 1 otherwise, 2 on errors.
-pub fn run(args: &AuditArgs) -> ExitCode {
-    crate::cli::with_cluster(&args.policy, |client, policy| async move {
-        let namespace = if args.all_namespaces {
-            None
-        } else {
-            Some(
-                args.namespace
-                    .clone()
-                    .unwrap_or_else(|| client.default_namespace().to_owned()),
-            )
-        };
-        match collect(
-            &client,
-            namespace.as_deref(),
-            &policy,
-            &args.deployment_name_template,
+/// Runs `audit` with `client`; exit code 0 when every row is OK or USER-MANAGED, 1 otherwise, 2
+/// on errors.
+pub async fn run(client: &Client, policy: &PolicyConfig, args: &AuditArgs) -> ExitCode {
+    let namespace = if args.all_namespaces {
+        None
+    } else {
+        Some(
+            args.namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
         )
-        .await
-        {
-            Ok(rows) => {
-                print!("{}", render(&rows, args.output));
-                let clean = rows
-                    .iter()
-                    .all(|r| r.verdict == "OK" || r.verdict == "USER-MANAGED");
-                if clean {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                }
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
+    };
+    match collect(
+        client,
+        namespace.as_deref(),
+        policy,
+        &args.deployment_name_template,
+    )
+    .await
+    {
+        Ok(rows) => {
+            print!("{}", render(&rows, args.output));
+            if rows.iter().all(|r| r.verdict.is_clean()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
-    })
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -567,7 +563,7 @@ mod tests {
             &PolicyConfig::default(),
             now(),
         );
-        assert_eq!(rows[0].verdict, "WEAK-ALGORITHM");
+        assert_eq!(rows[0].verdict, Verdict::WeakAlgorithm);
         assert_eq!(rows[0].algorithm, "hmac-sha1");
     }
 

@@ -57,8 +57,18 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Check(args) => crate::check::run(&args),
-        Command::Audit(args) => crate::audit::run(&args),
-        Command::Rotate(args) => crate::rotate::run(&args),
+        Command::Audit(args) => {
+            let args = &args;
+            with_cluster(&args.policy, |client, policy| async move {
+                crate::audit::run(&client, &policy, args).await
+            })
+        }
+        Command::Rotate(args) => {
+            let args = &args;
+            with_cluster(&args.policy, |client, policy| async move {
+                crate::rotate::run(&client, &policy, args).await
+            })
+        }
         Command::Crdgen => {
             print!("{}", crate::api::crd_yaml());
             ExitCode::SUCCESS
@@ -69,7 +79,7 @@ pub fn run(cli: Cli) -> ExitCode {
 /// Runs a command that talks to the cluster like kubectl does: the policy flags are checked, a
 /// client is built from the normal kubeconfig (or in-cluster config), and `work` runs on a
 /// single-threaded runtime. A problem before `work` starts is exit code 2, with the reason.
-pub(crate) fn with_cluster<F, Fut>(policy: &crate::config::PolicyArgs, work: F) -> ExitCode
+fn with_cluster<F, Fut>(policy: &crate::config::PolicyArgs, work: F) -> ExitCode
 where
     F: FnOnce(kube::Client, crate::policy::PolicyConfig) -> Fut,
     Fut: std::future::Future<Output = ExitCode>,

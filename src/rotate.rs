@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use clap::Args;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -17,7 +17,8 @@ use serde_json::json;
 use crate::api::{ANNOTATION_CREATED_AT, Bind9Cluster, Bind9Instance};
 use crate::config::PolicyArgs;
 use crate::policy::{
-    KeyAnnotations, PolicyConfig, RATE_LIMIT, Verdict, audit, effective_config, format_time,
+    KeyAnnotations, PolicyConfig, Verdict, audit, back_dated_created_at, effective_config,
+    format_time, rate_limit_end,
 };
 use crate::rotation::naming::{self, mounted_rndc_secret};
 
@@ -217,17 +218,18 @@ pub async fn request_with(
         let created = KeyAnnotations::of(&secret).created_at;
         if let Some(created) = created
             && !force
-            && now < created + RATE_LIMIT
-            && created <= now
+            && let Some(retry_after) = rate_limit_end(created, now)
         {
             return Err(RotateError::RateLimited {
                 secret: secret_name,
                 created_at: format_time(created),
-                retry_after: format_time(created + RATE_LIMIT),
+                retry_after: format_time(retry_after),
             });
         }
-        let back_dated =
-            format_time(now - config.rotate_after.as_time_delta() - TimeDelta::seconds(1));
+        let back_dated = format_time(back_dated_created_at(
+            now,
+            config.rotate_after.as_time_delta(),
+        ));
         let patch = json!({
             "metadata": {
                 "resourceVersion": secret.metadata.resource_version,
@@ -258,44 +260,41 @@ pub async fn request_with(
     }
 }
 
-/// Runs `rotate` with the normal kubeconfig; exit code 0 on success, 1 when refused, 2 on usage
-/// or connection errors.
-pub fn run(args: &RotateArgs) -> ExitCode {
-    crate::cli::with_cluster(&args.policy, |client, policy| async move {
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_owned());
-        match request_with(
-            &client,
-            &namespace,
-            &args.instance,
-            args.force,
-            &policy,
-            Utc::now(),
-            &args.deployment_name_template,
-        )
-        .await
-        {
-            Ok(Requested::Triggered {
-                namespace,
-                secret,
-                created_at,
-            }) => {
-                println!(
-                    "Requested rotation of Secret {namespace}/{secret} (rndc-created-at back-dated to \
-                     {created_at}); the rotator replaces the key and rolls the pods now"
-                );
-                ExitCode::SUCCESS
-            }
-            Err(RotateError::Kube(e)) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
-            }
+/// Runs `rotate` with `client`; exit code 0 on success, 1 when refused, 2 on connection errors.
+pub async fn run(client: &Client, policy: &PolicyConfig, args: &RotateArgs) -> ExitCode {
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    match request_with(
+        client,
+        &namespace,
+        &args.instance,
+        args.force,
+        policy,
+        Utc::now(),
+        &args.deployment_name_template,
+    )
+    .await
+    {
+        Ok(Requested::Triggered {
+            namespace,
+            secret,
+            created_at,
+        }) => {
+            println!(
+                "Requested rotation of Secret {namespace}/{secret} (rndc-created-at back-dated to \
+                 {created_at}); the rotator replaces the key and rolls the pods now"
+            );
+            ExitCode::SUCCESS
         }
-    })
+        Err(RotateError::Kube(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use rndc_warden::api::{ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT, LABEL_RNDC_KEY};
-use rndc_warden::policy::PolicyConfig;
+use rndc_warden::policy::{PolicyConfig, Verdict};
 use rndc_warden_testkit::Metrics;
 use rndc_warden_testkit::audit::AuditEvent;
 use rndc_warden_testkit::bindy::BindyCrds;
@@ -311,7 +311,7 @@ async fn defects_1_6_9_10_default_install_guards_the_mounted_secret_and_creates_
     let rows = t.audit_rows().await;
     let row = &rows["dns-a"];
     assert_eq!(row.secret, "dns-a-rndc-key", "{row:?}");
-    assert_eq!(row.verdict, "OK", "{row:?}");
+    assert_eq!(row.verdict, Verdict::Ok, "{row:?}");
     let until = t
         .gauge("rndc_warden_rotation_seconds_until", "dns-a")
         .await
@@ -592,7 +592,7 @@ async fn defect_2_bindy_algorithm_change_to_sha512_is_remediated_in_one_write() 
         Some(0.0)
     );
     let rows = t.audit_rows().await;
-    assert_eq!(rows["dns-s"].verdict, "OK", "{:?}", rows["dns-s"]);
+    assert_eq!(rows["dns-s"].verdict, Verdict::Ok, "{:?}", rows["dns-s"]);
 
     // Bindy's own rotation: rotate-at passed and the key older than its 1 h rate limit. Whoever
     // acts first, the key changes once, the pods roll once, and the key ends the hash length.
@@ -783,7 +783,8 @@ async fn defect_4_defaults_never_shadow_cluster_or_provider_blocks() {
     // below policy is never OK", with the operator's own objects).
     let rows = t.audit_rows().await;
     assert_eq!(
-        rows["c1-primary-0"].verdict, "FAIL",
+        rows["c1-primary-0"].verdict,
+        Verdict::Fail,
         "{:?}",
         rows["c1-primary-0"]
     );

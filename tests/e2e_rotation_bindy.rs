@@ -28,7 +28,7 @@ use rndc_warden::api::{
     ANNOTATION_CREATED_AT, ANNOTATION_ROTATE_AT, ANNOTATION_ROTATED_AT, ANNOTATION_ROTATION_COUNT,
     Bind9Instance, Bind9InstanceSpec, InlineSecret, InlineSecretMetadata, LABEL_RNDC_KEY,
 };
-use rndc_warden::policy::{Algorithm, PolicyConfig, parse_time};
+use rndc_warden::policy::{Algorithm, PolicyConfig, Verdict, parse_time};
 use rndc_warden::rotate::{RotateError, request};
 use rndc_warden_testkit::{poll_until, wait_for};
 use rotation_support::*;
@@ -608,7 +608,7 @@ async fn audit_and_rotate_find_bindy_secrets_and_a_stuck_key_is_a_failure() {
             .clone()
     };
     assert_eq!(row("dns-c").secret, "dns-c-rndc-key");
-    assert_eq!(row("dns-c").verdict, "FAIL", "{:?}", row("dns-c"));
+    assert_eq!(row("dns-c").verdict, Verdict::Fail, "{:?}", row("dns-c"));
     assert!(
         row("dns-c").detail.contains("below policy"),
         "{:?}",

@@ -42,8 +42,9 @@ pub use rndc_key::{
 };
 pub use schedule::{
     AuditFinding, KeyAnnotations, OVERDUE_GRACE, RATE_LIMIT, RotateReason, RotationPlan,
-    SecretAction, Verdict, audit, format_time, key_revision, parse_time, plan_rotation,
-    plan_rotation_continuing, rotation_annotations, rotation_status, same_revision,
+    SecretAction, Verdict, audit, back_dated_created_at, format_time, key_revision, parse_time,
+    plan_rotation, plan_rotation_continuing, rate_limit_end, rotation_annotations, rotation_status,
+    same_revision,
 };
 pub use settings::{
     ConfigError, DEFAULT_ROTATOR_USERNAME, DEFAULT_SECRET_NAME_TEMPLATE, PolicyConfig,

@@ -27,6 +27,21 @@ pub const RATE_LIMIT: TimeDelta = TimeDelta::hours(1);
 /// `audit` calls a key overdue once it is this late.
 pub const OVERDUE_GRACE: TimeDelta = TimeDelta::hours(1);
 
+/// When the [`RATE_LIMIT`] on rotating a key created at `created_at` ends, while it holds at
+/// `now`. A creation time ahead of `now` by no more than [`MAX_CLOCK_SKEW`] is a fresh key
+/// (limited); one further ahead is not a real creation time (unknown age, never limited).
+pub fn rate_limit_end(created_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let end = created_at + RATE_LIMIT;
+    (created_at <= now + MAX_CLOCK_SKEW && now < end).then_some(end)
+}
+
+/// The `rndc-created-at` that makes a key rotated every `interval` due at `now`: the documented
+/// manual trigger, written by `rotate` (one second earlier, so the key is due however `now` is
+/// rounded).
+pub fn back_dated_created_at(now: DateTime<Utc>, interval: TimeDelta) -> DateTime<Utc> {
+    now - interval - TimeDelta::seconds(1)
+}
+
 /// Formats a time as rndc-warden writes it: RFC 3339, UTC, `Z`, with the sub-second digits the
 /// time has (none for a whole second, else 3, 6 or 9). Keys are told apart by instant: two keys
 /// created within one second get different `rndc-created-at` values (and rollout markers), and
@@ -383,7 +398,7 @@ pub fn plan_rotation_continuing(
     // time ahead of this clock by no more than the tolerated skew is a fresh key (rate-limited);
     // one further ahead is not a real creation time and is treated as unknown age (rotated).
     let future = created_at > now + MAX_CLOCK_SKEW;
-    let rate_limited = !future && now < created_at + RATE_LIMIT;
+    let rate_limited = rate_limit_end(created_at, now).is_some();
     // A valid key of another algorithm is replaced too, but not within the rate limit (an
     // algorithm edit right after a rotation waits for the end of the hour, like any rotation).
     if algorithm_changed && !rate_limited {
@@ -498,6 +513,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Whether an audit may pass with this verdict (`OK` or `USER-MANAGED`).
+    pub const fn is_clean(self) -> bool {
+        matches!(self, Verdict::Ok | Verdict::UserManaged)
+    }
+
     /// The report spelling: `OK`, `OVERDUE`, `NOT-ROTATING`, `WEAK-ALGORITHM`, `USER-MANAGED`,
     /// `FAIL`.
     pub const fn as_str(self) -> &'static str {
@@ -509,6 +529,12 @@ impl Verdict {
             Verdict::UserManaged => "USER-MANAGED",
             Verdict::Fail => "FAIL",
         }
+    }
+}
+
+impl serde::Serialize for Verdict {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 

@@ -548,3 +548,36 @@ fn now_is_compared_at_full_precision_and_a_little_clock_skew_is_a_fresh_key() {
         p.action
     );
 }
+
+#[test]
+fn the_rate_limit_holds_for_an_hour_and_for_creation_times_within_the_clock_skew() {
+    let now = now();
+    let end = |created: DateTime<Utc>| rate_limit_end(created, now);
+    assert_eq!(
+        end(now - TimeDelta::minutes(59)),
+        Some(now + TimeDelta::minutes(1))
+    );
+    assert_eq!(end(now - RATE_LIMIT), None);
+    // A clock a little ahead of ours wrote it: a fresh key.
+    assert_eq!(
+        end(now + TimeDelta::minutes(4)),
+        Some(now + TimeDelta::minutes(64))
+    );
+    // Further ahead is no real creation time: never limited.
+    assert_eq!(end(now + MAX_CLOCK_SKEW + TimeDelta::seconds(1)), None);
+}
+
+#[test]
+fn the_back_dated_creation_time_makes_the_key_due_and_is_not_rate_limited() {
+    let cfg = config(true, "30d");
+    let created = back_dated_created_at(now(), cfg.rotate_after.as_time_delta());
+    assert_eq!(rate_limit_end(created, now()), None);
+    let s = annotated(&format_time(created), "2", None);
+    assert!(matches!(
+        plan(&cfg, Some(&s)).action,
+        SecretAction::Rotate {
+            reason: RotateReason::Due,
+            ..
+        }
+    ));
+}
