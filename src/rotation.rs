@@ -438,6 +438,19 @@ mod tests {
     }
 
     #[test]
+    fn default_is_what_the_flags_default_to() {
+        // Only meaningful without RNDC_WARDEN_* in the environment (the flags read it).
+        if std::env::vars().any(|(name, _)| name.starts_with("RNDC_WARDEN_")) {
+            panic!("unset the RNDC_WARDEN_* environment variables to run this test");
+        }
+        let parsed = Cli::try_parse_from(["x"]).expect("parses").args;
+        assert_eq!(
+            format!("{:?}", RotationArgs::default()),
+            format!("{parsed:?}")
+        );
+    }
+
+    #[test]
     fn defaults_parse_and_validate() {
         let cli = Cli::try_parse_from(["x"]).expect("parses");
         assert!(cli.args.validate().is_ok());

@@ -238,6 +238,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
     let policy_config = args.policy.to_config().context("invalid policy flags")?;
+    // Every flag is checked before anything binds or talks to the cluster.
+    if args.rotation.enabled && !args.no_cluster {
+        args.rotation.validate().context("invalid rotation flags")?;
+    }
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -434,6 +438,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
+
+    #[tokio::test]
+    async fn bad_rotation_flags_fail_before_anything_binds() {
+        // The admission port is taken: had serve bound first, binding would be the error.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let listen = format!("127.0.0.1:{port}");
+        let cli = crate::cli::Cli::try_parse_from([
+            "rndc-warden",
+            "serve",
+            "--listen",
+            listen.as_str(),
+            "--lease-duration",
+            "5s",
+            "--lease-grace",
+            "5s",
+        ])
+        .expect("parses");
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        let error = format!("{:#}", super::run(*args).await.expect_err("refused"));
+        assert!(error.contains("--lease-duration"), "{error}");
+    }
 
     #[test]
     fn serve_parses_with_no_flags_so_every_default_is_valid() {
