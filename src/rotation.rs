@@ -1,4 +1,4 @@
-//! The rotator (SPEC §5–§7): a leader-elected loop that provisions missing managed key Secrets,
+//! The rotator (docs/rotation.md): a leader-elected loop that provisions missing managed key Secrets,
 //! rotates keys when they are due, rolls the Deployments that use them, and mirrors the state into
 //! the instance status, Events and metrics.
 //!

@@ -1,4 +1,4 @@
-//! Which key an instance uses (SPEC §5): the whole winning block, no field merge.
+//! Which key an instance uses (docs/policy.md, "Which key an instance uses"): the whole winning block, no field merge.
 //!
 //! `Bind9Instance.spec.rndcKey` > `Bind9Cluster.spec.<role>.rndcKey` > the instance's deprecated
 //! `rndcSecretRef` (where the Bindy operator puts it) > defaults.

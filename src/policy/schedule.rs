@@ -1,4 +1,4 @@
-//! The rotation schedule (SPEC §7): what the rotator should do with an instance's Secret now, when
+//! The rotation schedule (docs/rotation.md, "Schedule"): what the rotator should do with an instance's Secret now, when
 //! to look again, and the audit verdict.
 //!
 //! Scheduling depends only on the Secret's `rndc-created-at` and the current effective

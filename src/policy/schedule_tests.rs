@@ -414,7 +414,7 @@ fn rotation_status_mirrors_the_annotations() {
 
 #[test]
 fn times_are_written_with_z_and_read_with_any_offset() {
-    // SPEC §6/§11 (changed): instants are kept, never rounded (a rounded time can look like
+    // docs/rotation.md, "Who rotates when both could": instants are kept, never rounded (a rounded time can look like
     // the future, and two keys of one second would share a revision).
     assert_eq!(
         format_time(at("2026-01-27T15:04:05.123456789+00:00")),
@@ -508,7 +508,7 @@ fn a_reprovisioned_secret_continues_the_known_count() {
         plan(&config(true, "30d"), Some(&s))
     );
     // A Secret re-created by someone else with a lower count (the Bindy operator resets it to
-    // 0) holds a new key: it is the next rotation, never a reset (SPEC §11).
+    // 0) holds a new key: it is the next rotation, never a reset (docs/rotation.md, "Who rotates when both could").
     let p = plan_rotation_continuing(&config(true, "30d"), Some(&s), now(), &cfg, Some(9));
     let SecretAction::Annotate { set, .. } = &p.action else {
         panic!("{:?}", p.action)

@@ -1,5 +1,5 @@
 //! Admission of RNDC key Secrets: annotation stamping, external-rotation detection, tamper rules
-//! and content checks (SPEC §4, §6).
+//! and content checks (docs/policy.md, "Validation (denials)"; docs/rotation.md, "Schedule").
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! Which Secret an instance's key lives in (SPEC §5, §11): the one place the rotator, the
+//! Which Secret an instance's key lives in (docs/install.md, "Beside the Bindy operator"): the one place the rotator, the
 //! reloader, `audit` and `rotate` derive it, so they always agree.
 //!
 //! For a generated key (neither `secretRef` nor an inline `secret`) the truth is what the pods

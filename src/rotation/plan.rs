@@ -369,7 +369,7 @@ fn owner_of(user: &SecretUser) -> Option<OwnerReference> {
 /// rndc-key label is ensured; every other label, annotation and data key is left as the server
 /// has it. The patch carries `metadata.resourceVersion` of `current`, so the server applies it
 /// only to that version (409 otherwise): one write, key and annotations together, with a
-/// precondition, which is what SPEC §7 asks of an update.
+/// precondition, so an update never overwrites a write it has not seen.
 pub fn rotation_patch(
     current: &Secret,
     key: KeySecretData,

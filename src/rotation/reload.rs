@@ -1,4 +1,4 @@
-//! Change detection and reload (SPEC §8), the pure part: which key revision an instance's pods
+//! Change detection and reload (docs/reload.md), the pure part: which key revision an instance's pods
 //! should run, whether they already do, whether the Secret may be rolled out at all, how rapid
 //! changes are debounced, and the status condition that reports it.
 //!
@@ -176,7 +176,7 @@ impl Decision {
     }
 }
 
-/// Checks a Secret against the SPEC §4 key Secret rules (the Secret webhook's validation, as if
+/// Checks a Secret against the key Secret rules (docs/policy.md, "Validation (denials)") (the Secret webhook's validation, as if
 /// the Secret were created now by someone other than the rotator). `Err` lists the denials.
 pub fn validate_key_secret(
     secret: &Secret,
