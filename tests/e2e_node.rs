@@ -13,8 +13,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, ResourceExt};
 use node_support::*;
 use rndc_warden::api::{
-    ANNOTATION_CREATED_AT, EVENT_RNDC_KEY_ROTATED, EVENT_RNDC_SECRET_RELOAD_FAILED,
-    EVENT_RNDC_SECRET_RELOADED, RndcSecretRef,
+    ANNOTATION_CREATED_AT, EVENT_RNDC_KEY_ROTATED, EVENT_RNDC_SECRET_RELOAD_FAILED, RndcSecretRef,
 };
 use rndc_warden::policy::{Algorithm, key_secret_from_bytes};
 use rndc_warden::rotation::reload::ANNOTATION_RELOAD_STRATEGY;
@@ -40,12 +39,7 @@ fn fast(t: &RotationEnv) -> RotationArgs {
 }
 
 fn metric(rotator: &Rotator, series: &str) -> u64 {
-    rotator
-        .metrics
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
+    rotator_metric(rotator, series)
 }
 
 /// Checks the end state of one rotation with the rollout strategy: a new ReplicaSet and pod,
@@ -155,72 +149,6 @@ async fn rollout_a_due_key_back_dating_and_rotate_reach_named_in_a_new_pod() {
 async fn signal_reloads_named_in_the_same_pod_after_the_kubelet_projects_the_key() {
     let (_node, t) = node_env("node-signal", SHORT_SYNC, true).await;
     signal_round(&t, "signal").await;
-}
-
-/// One signal reload: the same pod (UID, restartCount 0) takes the new key after SIGHUP.
-pub async fn signal_round(t: &RotationEnv, name: &str) {
-    let (c, ns) = (t.client().clone(), t.ns().to_owned());
-    let secret_name = format!("{name}-rndc-key");
-    let s0 = create_key_secret(
-        &c,
-        &ns,
-        &secret_name,
-        Algorithm::HmacSha256,
-        Utc::now() - TimeDelta::days(2),
-        TimeDelta::days(30),
-    )
-    .await;
-    create_instance(
-        &c,
-        &ns,
-        name,
-        standalone(Some(rndc_key(true, "720h", "hmac-sha256"))),
-    )
-    .await;
-    let (w, pod0) = deploy(&c, &ns, name, &secret_name).await;
-    let args = RotationArgs {
-        reload_strategy: ReloadStrategy::Signal,
-        reload_signal_deadline: Duration::from_secs(180),
-        ..fast(t)
-    };
-    let rotator = t.start_with(args);
-    // The rotator records the running revision first, then the back-dated key rotates.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    back_date(&c, &ns, &secret_name, Utc::now() - TimeDelta::days(400)).await;
-    let s1 = wait_secret(&c, &ns, &secret_name, "rotated", |s| count(s) == 1).await;
-    wait_new_key_only(&w, &s1, &s0).await;
-    let pod = current_pod(&c, &ns, &w).await;
-    assert_eq!(uid(&pod), uid(&pod0), "the same pod");
-    assert_eq!(
-        rndc_warden_testkit::workload::restart_count(&pod),
-        0,
-        "named was not restarted"
-    );
-    let log = logs(&c, &ns, &pod).await;
-    assert!(
-        log.contains("reloading configuration succeeded"),
-        "named logged the reload:\n{log}"
-    );
-    let reloaded = events(&c, &ns, name, EVENT_RNDC_SECRET_RELOADED).await;
-    assert!(
-        reloaded
-            .iter()
-            .any(|e| e.note.as_deref().unwrap_or_default().contains("SIGHUP")),
-        "{reloaded:?}"
-    );
-    assert!(
-        events(&c, &ns, name, EVENT_RNDC_SECRET_RELOAD_FAILED)
-            .await
-            .is_empty()
-    );
-    assert_eq!(
-        metric(
-            &rotator,
-            "bind9_rndc_secret_reloads_total{status=\"success\"} "
-        ),
-        1
-    );
-    rotator.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

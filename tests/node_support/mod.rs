@@ -11,7 +11,12 @@ use rndc_warden_testkit::node::NodeOptions;
 use rndc_warden_testkit::workload::{bind9_logs, live_pods, pod_ready};
 use rndc_warden_testkit::{Bind9Workload, Node, poll_until, rndc_status_at, shared_node};
 
-use crate::rotation_support::{RotationEnv, rndc_key_file, rotator_rules, rule};
+use chrono::{TimeDelta, Utc};
+use rndc_warden::api::{EVENT_RNDC_SECRET_RELOAD_FAILED, EVENT_RNDC_SECRET_RELOADED};
+use rndc_warden::policy::Algorithm;
+use rndc_warden::rotation::{ReloadStrategy, RotationArgs};
+
+use crate::rotation_support::*;
 
 /// How long a pod may take to come up or to change (image import and a rollout take seconds;
 /// the kubelet's default Secret sync takes up to ~75 s).
@@ -172,4 +177,82 @@ pub async fn secret(c: &Client, ns: &str, name: &str) -> Secret {
         .get(name)
         .await
         .expect("secret")
+}
+
+/// A series of the rotator's metrics (`name{labels} ` with the trailing space), 0 when absent.
+pub fn rotator_metric(rotator: &Rotator, series: &str) -> u64 {
+    rotator
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// One signal reload: the same pod (UID, restartCount 0) takes the new key after SIGHUP.
+pub async fn signal_round(t: &RotationEnv, name: &str) {
+    let (c, ns) = (t.client().clone(), t.ns().to_owned());
+    let secret_name = format!("{name}-rndc-key");
+    let s0 = create_key_secret(
+        &c,
+        &ns,
+        &secret_name,
+        Algorithm::HmacSha256,
+        Utc::now() - TimeDelta::days(2),
+        TimeDelta::days(30),
+    )
+    .await;
+    create_instance(
+        &c,
+        &ns,
+        name,
+        standalone(Some(rndc_key(true, "720h", "hmac-sha256"))),
+    )
+    .await;
+    let (w, pod0) = deploy(&c, &ns, name, &secret_name).await;
+    let args = RotationArgs {
+        reload_strategy: ReloadStrategy::Signal,
+        reload_signal_deadline: Duration::from_secs(180),
+        resync_period: Duration::from_secs(5),
+        reload_debounce: Duration::from_secs(1),
+        ..t.args()
+    };
+    let rotator = t.start_with(args);
+    // The rotator records the running revision first, then the back-dated key rotates.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    back_date(&c, &ns, &secret_name, Utc::now() - TimeDelta::days(400)).await;
+    let s1 = wait_secret(&c, &ns, &secret_name, "rotated", |s| count(s) == 1).await;
+    wait_new_key_only(&w, &s1, &s0).await;
+    let pod = current_pod(&c, &ns, &w).await;
+    assert_eq!(uid(&pod), uid(&pod0), "the same pod");
+    assert_eq!(
+        rndc_warden_testkit::workload::restart_count(&pod),
+        0,
+        "named was not restarted"
+    );
+    let log = logs(&c, &ns, &pod).await;
+    assert!(
+        log.contains("reloading configuration succeeded"),
+        "named logged the reload:\n{log}"
+    );
+    let reloaded = events(&c, &ns, name, EVENT_RNDC_SECRET_RELOADED).await;
+    assert!(
+        reloaded
+            .iter()
+            .any(|e| e.note.as_deref().unwrap_or_default().contains("SIGHUP")),
+        "{reloaded:?}"
+    );
+    assert!(
+        events(&c, &ns, name, EVENT_RNDC_SECRET_RELOAD_FAILED)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        rotator_metric(
+            &rotator,
+            "bind9_rndc_secret_reloads_total{status=\"success\"} "
+        ),
+        1
+    );
+    rotator.stop().await;
 }
