@@ -390,6 +390,17 @@ impl Node {
         &self.dir
     }
 
+    /// Where the kubelet projects `file` of Secret volume `volume` of pod `pod_uid` on the host:
+    /// what a container of that pod reads at the volume's mount path.
+    pub fn secret_volume_file(&self, pod_uid: &str, volume: &str, file: &str) -> PathBuf {
+        self.dir
+            .join("kubelet/pods")
+            .join(pod_uid)
+            .join("volumes/kubernetes.io~secret")
+            .join(volume)
+            .join(file)
+    }
+
     /// The kubelet's `syncFrequency`.
     pub fn sync_frequency(&self) -> Duration {
         self.sync_frequency

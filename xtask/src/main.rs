@@ -10,6 +10,8 @@
 //!   optionally next to a baseline binary, printed (see `docs/benchmarks.md`).
 //! - `cargo xtask bench rotation-memory`: RSS of the release binary with 10,000 instances and key
 //!   Secrets cached, rotator running, printed (see `docs/benchmarks.md`).
+//! - `cargo xtask bench reload`: on a real node, due -> new key accepted by every BIND9 pod and
+//!   the management gap per reload strategy and kubelet sync period, printed.
 
 mod bench;
 mod cluster;
