@@ -1,5 +1,7 @@
 //! `cargo xtask`: developer tasks for rndc-warden.
 //!
+//! - `cargo xtask test`: every test on a fresh machine (as root): prerequisites installed or
+//!   built and cached, then `cargo test --workspace` (what the README and `.ci/run` run).
 //! - `cargo xtask cluster up|down|env|status`: a local kube-apiserver + etcd (no containers),
 //!   with kubectl and helm, for trying rndc-warden by hand.
 //! - `cargo xtask dev [down]`: the whole system locally (chart installed, rndc-warden running as
@@ -16,6 +18,7 @@
 mod bench;
 mod cluster;
 mod dev;
+mod test;
 
 use std::process::ExitCode;
 
@@ -40,6 +43,9 @@ enum Command {
     /// Benchmarks on release builds: `bench admission` (the HTTPS admission webhook under load),
     /// `bench attacks` (resource attacks on the webhook), `bench rotation-memory` (RSS with 10,000 instances and key Secrets cached).
     Bench(bench::BenchArgs),
+    /// Every test on a fresh machine (as root): installs the Debian packages, builds or reuses
+    /// the cached Kubernetes, node and Bindy binaries and images, runs `cargo test --workspace`.
+    Test(test::TestArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Dev(args) => dev::run(args),
+        Command::Test(args) => test::run(args),
     };
     match result {
         Ok(code) => code,
