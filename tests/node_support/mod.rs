@@ -213,8 +213,9 @@ pub async fn signal_round(t: &RotationEnv, name: &str) {
     let args = RotationArgs {
         reload_strategy: ReloadStrategy::Signal,
         reload_signal_deadline: Duration::from_secs(180),
+        // Longer than every wait below: the rotator's own write is reloaded without a debounce.
+        reload_debounce: Duration::from_secs(600),
         resync_period: Duration::from_secs(5),
-        reload_debounce: Duration::from_secs(1),
         ..t.args()
     };
     let rotator = t.start_with(args);
