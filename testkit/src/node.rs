@@ -308,6 +308,7 @@ impl Node {
                     .into(),
             )
         })?;
+        // SAFETY: geteuid(2) has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(Error::Once(
                 "a real node (kubelet, containerd) needs root: run the node tests as root \
