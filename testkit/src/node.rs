@@ -1125,7 +1125,8 @@ mod tests {
             dir: PathBuf::from("/cache/bins"),
         };
         let config = containerd_config(Path::new("/t/containerd"), &bins);
-        for line in config.lines().filter(|l| l.contains('/')) {
+        // Every absolute path (a quoted value starting with `/`).
+        for line in config.lines().filter(|l| l.contains("\"/")) {
             assert!(
                 line.contains("/t/containerd") || line.contains("/cache/bins"),
                 "{line}"
