@@ -1019,8 +1019,10 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
 
     let mut problems = Vec::new();
     for m in members {
-        if rotator_rolls(ctx, m)
-            && let Err(e) = roll(
+        // The revision the pods were rolled onto: `status.rndcSecretVersion` (SPEC §2).
+        let mut rolled_onto = None;
+        if rotator_rolls(ctx, m) {
+            match roll(
                 ctx,
                 namespace,
                 &m.user.instance,
@@ -1029,11 +1031,13 @@ async fn reconcile(ctx: &Context, key: &SecretKey, members: &[Member]) -> Result
                 rotated.is_some(),
             )
             .await
-        {
-            problems.push(e.to_string());
+            {
+                Ok(()) => rolled_onto = key_revision(&secret),
+                Err(e) => problems.push(e.to_string()),
+            }
         }
         if let Some(desired) = key_status(&secret, &m.user.config)
-            && let Err(e) = write_status(ctx, &m.instance, &desired).await
+            && let Err(e) = write_status(ctx, &m.instance, &desired, rolled_onto.as_deref()).await
         {
             problems.push(e.to_string());
         }
@@ -1176,23 +1180,34 @@ fn status_value(desired: &RndcKeyRotationStatus) -> serde_json::Value {
 
 /// Writes upstream's `status.rndcKeyRotation` (in the Bindy operator's format, so its writer and
 /// ours agree) and rndc-warden's `status.rndcKeyRotationStatus` (unless the schema prunes it)
-/// when they do not already say the same.
+/// when they do not already say the same; with `rolled_onto`, also `status.rndcSecretVersion`
+/// (the key revision the rotator just rolled the pods onto; not where the schema prunes it).
 async fn write_status(
     ctx: &Context,
     instance: &Bind9Instance,
     desired: &RndcKeyRotationStatus,
+    rolled_onto: Option<&str>,
 ) -> Result<(), Error> {
     let pruned = ctx.own_status_pruned();
     patch_instance_status(ctx, instance, !pruned, |current| {
-        if status_in_sync(current.status.as_ref(), desired, ctx.own_status_pruned()) {
+        let pruned = ctx.own_status_pruned();
+        let status = current.status.as_ref();
+        let version = rolled_onto.filter(|v| {
+            !pruned && status.and_then(|s| s.rndc_secret_version.as_deref()) != Some(*v)
+        });
+        if version.is_none() && status_in_sync(status, desired, pruned) {
             return None;
         }
         let value = status_value(desired);
-        Some(if ctx.own_status_pruned() {
+        let mut body = if pruned {
             json!({ "rndcKeyRotation": value })
         } else {
             json!({ "rndcKeyRotationStatus": value, "rndcKeyRotation": value })
-        })
+        };
+        if let Some(v) = version {
+            body["rndcSecretVersion"] = json!(v);
+        }
+        Some(body)
     })
     .await
 }

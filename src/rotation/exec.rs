@@ -217,7 +217,9 @@ pub struct SignalRequest {
     pub digest: String,
     /// How long pods may take to see the new file.
     pub deadline: Duration,
-    /// First retry delay for pods that still show the old file (doubled, at most 8 s).
+    /// How often pods that still show the old file are checked again. Constant, not a backoff:
+    /// once the kubelet has projected the new file, every moment before SIGHUP is a window in
+    /// which clients that read the mounted key (Bindy's sidecar) are refused by named.
     pub retry: Duration,
 }
 
@@ -250,13 +252,13 @@ pub enum SignalOutcome {
 }
 
 /// Signals every pod of the instance: for each pod, compare the digest of its key file with the
-/// expected one, SIGHUP named when it matches, and retry the pods that still show the old file
-/// with backoff until `deadline`. Pods that appear while retrying are included.
+/// expected one, SIGHUP named when it matches, and check the pods that still show the old file
+/// again every `retry` until `deadline`. Pods that appear while retrying are included.
 pub async fn signal_pods(exec: &dyn PodExec, request: &SignalRequest) -> SignalOutcome {
     let started = tokio::time::Instant::now();
     let mut reloaded: Vec<String> = Vec::new();
     let mut stale_checks = 0u32;
-    let mut delay = request.retry;
+    let delay = request.retry;
     loop {
         let pods = match exec.list_pods(&request.namespace, &request.selector).await {
             Ok(pods) => pods,
@@ -318,7 +320,6 @@ pub async fn signal_pods(exec: &dyn PodExec, request: &SignalRequest) -> SignalO
             return SignalOutcome::TimedOut { stale, reloaded };
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(8));
     }
 }
 
@@ -478,7 +479,12 @@ mod tests {
             }
         );
         assert!(started.elapsed() <= Duration::from_secs(30));
-        assert!(exec.checks.lock().expect("lock")["a-1"] > 2, "retried");
+        // Checked every 0.5 s until the deadline, not with a growing backoff: a pod whose file
+        // changes late is signalled within 0.5 s of the change.
+        assert!(
+            exec.checks.lock().expect("lock")["a-1"] >= 55,
+            "retried every 0.5 s"
+        );
         assert_eq!(
             *exec.hups.lock().expect("lock"),
             ["a-0"],

@@ -37,7 +37,8 @@ type InstanceKey = (String, String);
 
 /// First retry delay after a failed reload; doubled up to the resync period.
 const RETRY_BASE: Duration = Duration::from_secs(2);
-/// First delay before re-checking a pod that still shows the old key file.
+/// How often a pod that still shows the old key file is checked again (an exec of `sha256sum`):
+/// the management gap of `signal` is at most about this long (docs/reload.md).
 const SIGNAL_RETRY: Duration = Duration::from_millis(500);
 
 /// What the reloader knows only in this process.
@@ -328,16 +329,21 @@ impl Reloads {
                 let secret = secret?.clone();
                 let strategy = strategy_of(ctx, instance);
                 let pending = revision.clone();
-                settle(
-                    self,
-                    &pending,
-                    Job::Reload {
-                        revision,
-                        previous,
-                        strategy,
-                        secret,
-                    },
-                )
+                let job = Job::Reload {
+                    revision,
+                    previous,
+                    strategy,
+                    secret: secret.clone(),
+                };
+                if ctx.wrote_version(namespace, &secret) {
+                    // The rotator's own write carries the whole key in one update: nothing to
+                    // wait for (the debounce joins tools that write data keys one by one), and
+                    // every second of waiting is a second in which the kubelet may already have
+                    // projected a key named does not accept yet.
+                    self.debouncer.clear(key);
+                    return Some(Planned::Now(job));
+                }
+                settle(self, &pending, job)
             }
             Decision::Invalid { revision, reason } => {
                 let condition = DesiredCondition {

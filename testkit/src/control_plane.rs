@@ -35,6 +35,12 @@ pub struct ControlPlaneOptions {
     pub start_timeout: Duration,
     /// The binaries; `None`: [`Binaries::locate`].
     pub binaries: Option<Binaries>,
+    /// Prepare the apiserver for a real node ([`crate::node::Node`]): `Node,RBAC` authorization,
+    /// the `NodeRestriction` admission plugin, a client certificate for its calls to the kubelet
+    /// (`pki/kubelet-client.*`, group `system:masters`) and the node's kubeconfig
+    /// (`node.kubeconfig`, `system:node:<name>` in `system:nodes`). Off by default: nothing
+    /// else changes for clients without it.
+    pub node: bool,
 }
 
 impl Default for ControlPlaneOptions {
@@ -44,6 +50,7 @@ impl Default for ControlPlaneOptions {
             lifetime: Lifetime::TiedToParent,
             start_timeout: DEFAULT_START_TIMEOUT,
             binaries: None,
+            node: false,
         }
     }
 }
@@ -69,6 +76,9 @@ pub struct ControlPlaneInfo {
     pub apiserver_pid: u32,
     /// The admin kubeconfig.
     pub kubeconfig: PathBuf,
+    /// The node's kubeconfig when started with [`ControlPlaneOptions::node`].
+    #[serde(default)]
+    pub node_kubeconfig: Option<PathBuf>,
 }
 
 /// A running etcd + kube-apiserver. Stopped (SIGTERM, then SIGKILL) on [`ControlPlane::stop`]
@@ -90,6 +100,7 @@ pub struct ControlPlane {
     startup_time: Duration,
     lifetime: Lifetime,
     start_timeout: Duration,
+    node_kubeconfig: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -165,6 +176,31 @@ impl ControlPlane {
         write_file(&pki.join("admin.key"), &admin.key, true)?;
         write_file(&pki.join("sa.key"), &sa.private, true)?;
         write_file(&pki.join("sa.pub"), &sa.public, false)?;
+        let node_kubeconfig = if options.node {
+            let kubelet_client =
+                client_ca.client_cert("kube-apiserver-kubelet-client", &["system:masters"])?;
+            write_file(&pki.join("kubelet-client.crt"), &kubelet_client.cert, false)?;
+            write_file(&pki.join("kubelet-client.key"), &kubelet_client.key, true)?;
+            let node = client_ca.client_cert(
+                &format!("system:node:{}", crate::node::NODE_NAME),
+                &["system:nodes"],
+            )?;
+            let yaml = kubeconfig_yaml(
+                &server_url,
+                &ca_pem,
+                "node",
+                &format!(
+                    "client-certificate-data: {}\n    client-key-data: {}",
+                    B64.encode(&node.cert),
+                    B64.encode(&node.key)
+                ),
+            );
+            let path = run_dir.join("node.kubeconfig");
+            write_file(&path, &yaml, true)?;
+            Some(path)
+        } else {
+            None
+        };
 
         let kubeconfig_yaml = kubeconfig_yaml(
             &server_url,
@@ -207,7 +243,7 @@ impl ControlPlane {
         }
 
         let api_log = run_dir.join("kube-apiserver.log");
-        let api = apiserver_command(&bins, &pki, &server_url, etcd_port, api_port);
+        let api = apiserver_command(&bins, &pki, &server_url, etcd_port, api_port, options.node);
         processes.push(ManagedProcess::spawn(
             "kube-apiserver",
             api,
@@ -241,6 +277,7 @@ impl ControlPlane {
             startup_time: started.elapsed(),
             lifetime: options.lifetime,
             start_timeout: options.start_timeout,
+            node_kubeconfig,
         })
     }
 
@@ -296,6 +333,11 @@ impl ControlPlane {
         self.startup_time
     }
 
+    /// The node's kubeconfig, when started with [`ControlPlaneOptions::node`].
+    pub fn node_kubeconfig(&self) -> Option<&Path> {
+        self.node_kubeconfig.as_deref()
+    }
+
     /// The binaries in use.
     pub fn binaries(&self) -> &Binaries {
         &self.bins
@@ -318,6 +360,7 @@ impl ControlPlane {
             etcd_pid: pids.first().copied().unwrap_or(0),
             apiserver_pid: pids.get(1).copied().unwrap_or(0),
             kubeconfig: self.kubeconfig_path.clone(),
+            node_kubeconfig: self.node_kubeconfig.clone(),
         }
     }
 
@@ -373,6 +416,7 @@ impl ControlPlane {
             &self.server_url,
             self.etcd_port,
             self.api_port,
+            self.node_kubeconfig.is_some(),
         );
         let api_log = self.run_dir.join("kube-apiserver.log");
         let lifetime = self.lifetime;
@@ -477,6 +521,13 @@ impl Drop for ControlPlane {
 /// gracefully (and removes the directory) when it exits normally. A start failure is remembered
 /// and returned to every later caller. Create clients per test with [`ControlPlane::client`].
 pub async fn shared_control_plane() -> Result<&'static ControlPlane> {
+    shared_control_plane_with(false).await
+}
+
+/// [`shared_control_plane`], started with [`ControlPlaneOptions::node`] when `node` is set by
+/// the first caller; a later caller asking for node support from one started without it gets an
+/// error (start the node first in such a test binary).
+pub(crate) async fn shared_control_plane_with(node: bool) -> Result<&'static ControlPlane> {
     static SHARED: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
 
     extern "C" fn stop_shared_at_exit() {
@@ -485,7 +536,7 @@ pub async fn shared_control_plane() -> Result<&'static ControlPlane> {
         }
     }
 
-    fn start_on_dedicated_thread() -> std::result::Result<ControlPlane, String> {
+    fn start_on_dedicated_thread(node: bool) -> std::result::Result<ControlPlane, String> {
         let (tx, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("testkit-control-plane".into())
@@ -495,8 +546,11 @@ pub async fn shared_control_plane() -> Result<&'static ControlPlane> {
                     .build()
                     .map_err(|e| format!("building a runtime: {e}"))
                     .and_then(|rt| {
-                        rt.block_on(ControlPlane::start())
-                            .map_err(|e| format!("the shared control plane failed to start: {e}"))
+                        rt.block_on(ControlPlane::start_with(ControlPlaneOptions {
+                            node,
+                            ..ControlPlaneOptions::default()
+                        }))
+                        .map_err(|e| format!("the shared control plane failed to start: {e}"))
                     });
                 let ok = result.is_ok();
                 if tx.send(result).is_err() || !ok {
@@ -523,10 +577,19 @@ pub async fn shared_control_plane() -> Result<&'static ControlPlane> {
         result
     }
 
-    let shared = tokio::task::spawn_blocking(|| SHARED.get_or_init(start_on_dedicated_thread))
-        .await
-        .map_err(|e| Error::Once(format!("starting the shared control plane panicked: {e}")))?;
-    shared.as_ref().map_err(|e| Error::Once(e.clone()))
+    let shared =
+        tokio::task::spawn_blocking(move || SHARED.get_or_init(|| start_on_dedicated_thread(node)))
+            .await
+            .map_err(|e| Error::Once(format!("starting the shared control plane panicked: {e}")))?;
+    let cp = shared.as_ref().map_err(|e| Error::Once(e.clone()))?;
+    if node && cp.node_kubeconfig().is_none() {
+        return Err(Error::Once(
+            "the shared control plane was started without node support: call \
+             node::shared_node before anything else starts it in this test binary"
+                .into(),
+        ));
+    }
+    Ok(cp)
 }
 
 /// File in a run directory naming the pid of the process that owns it.
@@ -566,6 +629,7 @@ fn apiserver_command(
     server_url: &str,
     etcd_port: u16,
     api_port: u16,
+    node: bool,
 ) -> Command {
     let mut api = Command::new(&bins.kube_apiserver);
     let p = |name: &str| pki.join(name).display().to_string();
@@ -585,13 +649,26 @@ fn apiserver_command(
             p("sa.key")
         ))
         .arg("--service-cluster-ip-range=10.0.0.0/24")
-        .arg("--authorization-mode=RBAC")
         .arg("--allow-privileged=true")
         .arg("--disable-admission-plugins=ServiceAccount")
         .arg("--v=1");
     // Writes are audited (crate::audit), from the run directory that holds `pki`.
     if let Some(run_dir) = pki.parent() {
         api.args(crate::audit::apiserver_args(run_dir));
+    }
+    if node {
+        // The kubelet is reached by its Hostname address, `localhost` (never the host's eth0
+        // address, the node's InternalIP).
+        api.arg("--authorization-mode=Node,RBAC")
+            .arg("--enable-admission-plugins=NodeRestriction")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                p("kubelet-client.crt")
+            ))
+            .arg(format!("--kubelet-client-key={}", p("kubelet-client.key")))
+            .arg("--kubelet-preferred-address-types=Hostname");
+    } else {
+        api.arg("--authorization-mode=RBAC");
     }
     api
 }

@@ -22,6 +22,8 @@
 //! - [`namespace`]: [`TestNamespace`], ServiceAccount [`Identity`];
 //! - [`webhook`]: registration by URL + caBundle, [`StubWebhookServer`];
 //! - [`metrics`]: `/metrics` parsing; [`crd`]: CRDs; [`tools`]: kubectl/helm;
+//! - [`node`]: a real node (kubelet, containerd, runc) for BIND9 pods; [`workload`]: a
+//!   Bindy-shaped BIND9 Deployment for it;
 //! - [`named`]: BIND9; [`pki`]: certificates; [`process`]: child processes; [`wait`]: polling;
 //! - [`leaks`]: a marker key planted in requests, and looked for in what comes out.
 
@@ -35,11 +37,13 @@ pub mod leaks;
 pub mod metrics;
 pub mod named;
 pub mod namespace;
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod tools;
 pub mod wait;
 pub mod webhook;
+pub mod workload;
 
 pub use bins::Binaries;
 pub use control_plane::{
@@ -48,13 +52,15 @@ pub use control_plane::{
 pub use crd::{apply_crds, wait_crd_established};
 pub use error::{Error, Result};
 pub use metrics::{Histogram, Metrics};
-pub use named::Named;
+pub use named::{Named, rndc_status_at};
 pub use namespace::{Identity, TEST_ID_LABEL, TestNamespace};
+pub use node::{Node, NodeOptions, shared_node};
 pub use pki::TestCa;
 pub use process::Lifetime;
 pub use tools::CommandOutput;
 pub use wait::{poll_until, wait_for};
 pub use webhook::{RegisteredWebhook, StubWebhookServer, WebhookKind, WebhookRegistration, rule};
+pub use workload::Bind9Workload;
 
 /// What most end-to-end tests start with: the shared control plane, an admin client bound to the
 /// test's runtime, and a fresh namespace.

@@ -197,53 +197,7 @@ controls {{
     /// Runs `rndc status` against this named with the key in `key_file`: `Ok(true)` if accepted,
     /// `Ok(false)` if refused, an error if named is not reachable at all.
     pub async fn rndc_status(&self, key_file: &Path) -> Result<bool> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let contents =
-            std::fs::read_to_string(key_file).ctx(|| format!("reading {}", key_file.display()))?;
-        let name = key_name(&contents)?;
-        // An explicit rndc.conf: `-k` alone is ignored when /etc/bind/rndc.conf exists.
-        let conf = self
-            .dir
-            .path()
-            .join(format!("rndc-{}.conf", N.fetch_add(1, Ordering::Relaxed)));
-        write_file(
-            &conf,
-            &format!(
-                "include \"{}\";\noptions {{ default-key \"{name}\"; default-server 127.0.0.1; default-port {}; }};\n",
-                key_file.display(),
-                self.port
-            ),
-            true,
-        )?;
-        let run = tokio::process::Command::new(&self.rndc)
-            .arg("-c")
-            .arg(&conf)
-            .arg("status")
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(20), run)
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "rndc status".into(),
-                seconds: 20,
-                detail: String::new(),
-            })?
-            .ctx(|| "running rndc".into());
-        let _ = std::fs::remove_file(&conf);
-        let output = output?;
-        if output.status.success() {
-            return Ok(true);
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if stderr.contains("connection refused") || stderr.contains("connect failed") {
-            return Err(Error::Command {
-                command: format!("rndc -c {} status", conf.display()),
-                status: output.status,
-                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-                stderr: stderr.into_owned(),
-            });
-        }
-        Ok(false)
+        rndc_status_in(&self.rndc, self.dir.path(), key_file, self.port).await
     }
 
     /// [`Named::rndc_status`] with a key given by its file contents.
@@ -297,6 +251,69 @@ controls {{
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
+}
+
+/// Runs `rndc status` against a `named` on 127.0.0.1:`port` (e.g. in a hostNetwork pod) with
+/// the key file `key_file_contents`: `Ok(true)` if accepted, `Ok(false)` if refused, an error if
+/// nothing answers. The key is written to a private temporary file, never printed.
+pub async fn rndc_status_at(port: u16, key_file_contents: &str) -> Result<bool> {
+    let rndc = which("rndc").ok_or_else(|| Error::ProgramMissing {
+        program: "rndc".into(),
+        hint: INSTALL_HINT.into(),
+    })?;
+    let dir = tempfile::Builder::new()
+        .prefix("rndc-warden-rndc-")
+        .tempdir()
+        .ctx(|| "creating a directory for rndc".into())?;
+    let key = dir.path().join("rndc.key");
+    write_file(&key, key_file_contents, true)?;
+    rndc_status_in(&rndc, dir.path(), &key, port).await
+}
+
+async fn rndc_status_in(rndc: &Path, dir: &Path, key_file: &Path, port: u16) -> Result<bool> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let contents =
+        std::fs::read_to_string(key_file).ctx(|| format!("reading {}", key_file.display()))?;
+    let name = key_name(&contents)?;
+    // An explicit rndc.conf: `-k` alone is ignored when /etc/bind/rndc.conf exists.
+    let conf = dir.join(format!("rndc-{}.conf", N.fetch_add(1, Ordering::Relaxed)));
+    write_file(
+        &conf,
+        &format!(
+            "include \"{}\";\noptions {{ default-key \"{name}\"; default-server 127.0.0.1; default-port {port}; }};\n",
+            key_file.display(),
+        ),
+        true,
+    )?;
+    let run = tokio::process::Command::new(rndc)
+        .arg("-c")
+        .arg(&conf)
+        .arg("status")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "rndc status".into(),
+            seconds: 20,
+            detail: String::new(),
+        })?
+        .ctx(|| "running rndc".into());
+    let _ = std::fs::remove_file(&conf);
+    let output = output?;
+    if output.status.success() {
+        return Ok(true);
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("connection refused") || stderr.contains("connect failed") {
+        return Err(Error::Command {
+            command: format!("rndc -c {} status", conf.display()),
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: stderr.into_owned(),
+        });
+    }
+    Ok(false)
 }
 
 impl Drop for Named {

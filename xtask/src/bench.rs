@@ -5,6 +5,8 @@
 //! `rndc-warden serve --no-cluster`, optionally next to a baseline binary.
 //! `cargo xtask bench rotation-memory`: RSS of the release binary with 10,000 instances and key
 //! Secrets cached and the rotator running (`tests/e2e_rotation_memory.rs`).
+//! `cargo xtask bench reload`: on a real node, due -> new key accepted by every BIND9 pod and
+//! the management gap, per reload strategy and kubelet sync period (`tests/e2e_node_bench.rs`).
 //!
 //! The orchestrating command builds release binaries and then runs the floor server and the load
 //! generator as hidden subcommands of the release `xtask` binary, so nothing measured is a debug
@@ -15,6 +17,7 @@ mod attacks;
 mod cpu;
 mod floor;
 mod load;
+mod reload;
 mod report;
 mod review;
 mod rotation_memory;
@@ -46,6 +49,10 @@ enum BenchTarget {
     /// RSS of the release `rndc-warden serve` with N instances and N key Secrets cached, the
     /// rotator running (builds `--release`, then runs `tests/e2e_rotation_memory.rs` against it).
     RotationMemory(rotation_memory::RotationMemoryArgs),
+    /// On a real node (root): due -> new key accepted by every BIND9 pod and the management gap
+    /// of a client running `rndc status` every 100 ms, for `rollout` and `signal`, with the
+    /// kubelet's default and a short Secret sync period (runs `tests/e2e_node_bench.rs`).
+    Reload(reload::ReloadArgs),
     /// Internal: the floor server (run from the release binary by `bench admission`).
     #[command(hide = true)]
     FloorServer(floor::FloorArgs),
@@ -66,6 +73,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         BenchTarget::Attacks(args) => attacks::run(args),
         BenchTarget::Attack(args) => attacks::run_attack(args),
         BenchTarget::RotationMemory(args) => rotation_memory::run(args),
+        BenchTarget::Reload(args) => reload::run(args),
         BenchTarget::FloorServer(args) => floor::run(args),
         BenchTarget::Load(args) => load::run(args),
     }

@@ -1,5 +1,6 @@
-//! `cargo xtask cluster up|down|env|status`: a detached local control plane whose pids, ports and
-//! files are recorded in a state file, so later invocations can find and stop it.
+//! `cargo xtask cluster up [--node]|down|env|status`: a detached local control plane (and, with
+//! `--node`, a real node: kubelet, containerd, runc) whose pids, ports and files are recorded in
+//! state files, so later invocations can find and stop it.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use rndc_warden_testkit::bins::workspace_root;
+use rndc_warden_testkit::node::{BIND9_IMAGE, NODE_NAME, NodeState};
 use rndc_warden_testkit::process::{pid_alive, stop_pid};
-use rndc_warden_testkit::{ControlPlane, ControlPlaneInfo, ControlPlaneOptions, Lifetime};
+use rndc_warden_testkit::{
+    ControlPlane, ControlPlaneInfo, ControlPlaneOptions, Lifetime, Node, NodeOptions,
+};
 
 /// Arguments of `cargo xtask cluster`.
 #[derive(Debug, Args)]
@@ -28,7 +32,7 @@ pub struct ClusterArgs {
 #[derive(Debug, Subcommand)]
 enum ClusterAction {
     /// Start etcd and kube-apiserver in the background (builds the binaries on first use).
-    Up,
+    Up(UpArgs),
     /// Stop them (SIGTERM, then SIGKILL) and remove the run directory.
     Down,
     /// Print shell lines putting kubectl/helm on PATH and setting KUBECONFIG:
@@ -36,6 +40,18 @@ enum ClusterAction {
     Env,
     /// Say whether it is running (exit status 0) or not (1).
     Status,
+}
+
+/// Arguments of `cargo xtask cluster up`.
+#[derive(Debug, Args, Default)]
+pub struct UpArgs {
+    /// Also start a real node (kubelet, containerd, runc, controller-manager, scheduler; needs
+    /// root) so Deployments get pods, e.g. BIND9 (`docs/development.md`, "The node").
+    #[arg(long)]
+    pub node: bool,
+    /// The node kubelet's Secret volume sync period, in seconds (the kubelet's default: 60).
+    #[arg(long, default_value_t = 60)]
+    pub sync_seconds: u64,
 }
 
 const STATE_FILE: &str = "state.json";
@@ -47,7 +63,7 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode> {
         .state_dir
         .unwrap_or_else(|| target_dir().join("xtask-cluster"));
     match args.action {
-        ClusterAction::Up => up(&state_dir),
+        ClusterAction::Up(up_args) => up(&state_dir, &up_args),
         ClusterAction::Down => down(&state_dir),
         ClusterAction::Env => env(&state_dir),
         ClusterAction::Status => status(&state_dir),
@@ -77,8 +93,14 @@ fn is_running(info: &ControlPlaneInfo) -> bool {
     pid_alive(info.etcd_pid) && pid_alive(info.apiserver_pid)
 }
 
-fn up(state_dir: &Path) -> Result<ExitCode> {
+fn up(state_dir: &Path, args: &UpArgs) -> Result<ExitCode> {
     if let Some(info) = read_state(state_dir)? {
+        if is_running(&info) && args.node && !node_running(state_dir) {
+            bail!(
+                "a cluster without a node is running: stop it with `cargo xtask cluster down`, \
+                 then `cargo xtask cluster up --node`"
+            );
+        }
         if is_running(&info) {
             println!("cluster already running at {}", info.server_url);
             println!("use it with: eval \"$(cargo xtask cluster env)\"");
@@ -100,9 +122,27 @@ fn up(state_dir: &Path) -> Result<ExitCode> {
     let cp = runtime.block_on(ControlPlane::start_with(ControlPlaneOptions {
         run_dir: Some(run_dir),
         lifetime: Lifetime::Detached,
+        node: args.node,
         ..ControlPlaneOptions::default()
     }))?;
     let startup = cp.startup_time();
+    let node = if args.node {
+        let started = Instant::now();
+        let options = NodeOptions {
+            sync_frequency: Duration::from_secs(args.sync_seconds),
+            lifetime: Lifetime::Detached,
+            run_dir: Some(state_dir.join("node")),
+        };
+        match runtime.block_on(Node::start(&cp, options)) {
+            Ok(node) => Some((node.detach(), started.elapsed())),
+            Err(e) => {
+                cp.stop();
+                return Err(e).context("starting the node");
+            }
+        }
+    } else {
+        None
+    };
     let info = cp.detach();
     let state_path = state_dir.join(STATE_FILE);
     std::fs::write(&state_path, serde_json::to_string_pretty(&info)?)
@@ -115,6 +155,13 @@ fn up(state_dir: &Path) -> Result<ExitCode> {
         info.apiserver_pid
     );
     println!("logs and certificates: {}", info.run_dir.display());
+    if let Some((state, took)) = node {
+        println!(
+            "node {NODE_NAME} Ready in {:.1} s (kubelet, containerd, runc; image {BIND9_IMAGE}); logs: {}",
+            took.as_secs_f64(),
+            state.run_dir.display()
+        );
+    }
     println!(
         "use it with: eval \"$(cargo xtask cluster env)\"; stop it with: cargo xtask cluster down"
     );
@@ -147,7 +194,16 @@ fn stop(info: &ControlPlaneInfo) -> Result<()> {
     Ok(())
 }
 
+/// Whether a detached node recorded by the testkit belongs to this cluster.
+fn node_running(state_dir: &Path) -> bool {
+    NodeState::load().is_some_and(|s| s.detached && s.run_dir.starts_with(state_dir))
+}
+
 fn down(state_dir: &Path) -> Result<ExitCode> {
+    if node_running(state_dir) {
+        rndc_warden_testkit::node::stop_detached().context("stopping the node")?;
+        println!("node stopped and cleaned up");
+    }
     let Some(info) = read_state(state_dir)? else {
         println!("cluster not running (no state in {})", state_dir.display());
         return Ok(ExitCode::SUCCESS);
@@ -185,6 +241,9 @@ fn status(state_dir: &Path) -> Result<ExitCode> {
                 info.apiserver_pid,
                 if ready { "" } else { ", port not open yet" }
             );
+            if node_running(state_dir) {
+                println!("node {NODE_NAME}: started (`kubectl get nodes`)");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(_) => {
@@ -198,9 +257,17 @@ fn status(state_dir: &Path) -> Result<ExitCode> {
     }
 }
 
-/// Starts the control plane recorded in `state_dir` unless it already runs (`cargo xtask dev`).
-pub(crate) fn up_in(state_dir: &Path) -> Result<()> {
-    up(state_dir).map(|_| ())
+/// Starts the control plane recorded in `state_dir` (with a node when `node`) unless it already
+/// runs (`cargo xtask dev`).
+pub(crate) fn up_in(state_dir: &Path, node: bool) -> Result<()> {
+    up(
+        state_dir,
+        &UpArgs {
+            node,
+            sync_seconds: 60,
+        },
+    )
+    .map(|_| ())
 }
 
 /// The running control plane recorded in `state_dir`, if any.

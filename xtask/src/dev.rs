@@ -1,12 +1,16 @@
 //! `cargo xtask dev`: the whole system on this machine, installed the way users install it.
 //!
-//! 1. a local control plane (`cluster up`);
-//! 2. the Helm chart, with `webhook.url` pointing the webhook configurations at loopback (there
-//!    is no kubelet here to run the chart's pods);
+//! 1. a local control plane with a real node (`cluster up --node`; the node needs root, and is
+//!    left out with a note otherwise);
+//! 2. the Helm chart, with `webhook.url` pointing the webhook configurations at loopback (the
+//!    node runs only hostNetwork pods, so rndc-warden itself runs on the host), and
+//!    `rotation.provision=true` (the Bindy operator, which creates the key Secrets, is not run);
 //! 3. the `rndc-warden` binary run exactly as the chart's Deployment would run it — its
 //!    environment, its ServiceAccount's token — so admission and the rotator work under the
 //!    chart's RBAC, with the self-managed certificate injected into the webhook configurations;
-//! 4. the examples applied, and a line telling the user how to point kubectl at it.
+//! 4. the examples applied, a BIND9 Deployment shaped like Bindy's for each example instance,
+//!    and `rndc status` run against each pod with the key from its Secret;
+//! 5. a line telling the user how to point kubectl at it.
 //!
 //! `cargo xtask dev down` stops the binary and the control plane.
 
@@ -17,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use rndc_warden_testkit::ControlPlaneInfo;
 use rndc_warden_testkit::bins::workspace_root;
+use rndc_warden_testkit::node::BIND9_IMAGE;
 use rndc_warden_testkit::process::{pid_alive, stop_pid};
+use rndc_warden_testkit::{Bind9Workload, ControlPlaneInfo};
 use serde_json::Value;
 
 use crate::cluster;
@@ -203,7 +208,14 @@ fn up() -> Result<ExitCode> {
 
     println!("==> control plane");
     let state_dir = cluster::target_dir().join("xtask-cluster");
-    cluster::up_in(&state_dir)?;
+    // SAFETY: geteuid(2) has no preconditions.
+    let node = unsafe { libc::geteuid() } == 0;
+    if !node {
+        println!(
+            "    not root: starting no node, so no BIND9 pods (run `sudo -E cargo xtask dev` for them)"
+        );
+    }
+    cluster::up_in(&state_dir, node)?;
     let info = cluster::running(&state_dir)?.context("the control plane did not start")?;
     let tools = Tools {
         info,
@@ -238,6 +250,8 @@ fn up() -> Result<ExitCode> {
         &url,
         "--set",
         "replicaCount=1",
+        "--set",
+        "rotation.provision=true",
     ])?;
 
     println!("==> rndc-warden serve, as the chart's Deployment runs it");
@@ -341,6 +355,9 @@ fn up() -> Result<ExitCode> {
     println!("==> a weak example is denied by the webhook:");
     let (_, _, denial) = tools.kubectl(&["apply", "--dry-run=server", "-f", &weak_path], None)?;
     print!("{denial}");
+    if node {
+        bind9_pods(&tools)?;
+    }
 
     println!();
     println!(
@@ -377,4 +394,152 @@ fn down() -> Result<ExitCode> {
     stop_binary(&dev_dir());
     println!("rndc-warden stopped");
     cluster::down_in(&cluster::target_dir().join("xtask-cluster"))
+}
+
+/// The Secret a `Bind9Instance` uses (SPEC §5; managed: `<instance>-rndc-key`).
+fn instance_secret(instance: &Value) -> Option<String> {
+    let block = &instance["spec"]["rndcKey"];
+    let named = block["secretRef"]["name"]
+        .as_str()
+        .or_else(|| block["secret"]["metadata"]["name"].as_str())
+        .map(str::to_owned);
+    named.or_else(|| {
+        instance["metadata"]["name"]
+            .as_str()
+            .map(|n| format!("{n}-rndc-key"))
+    })
+}
+
+/// A BIND9 Deployment shaped like Bindy's for every example instance, then `rndc status` against
+/// each pod with the key from its Secret.
+fn bind9_pods(tools: &Tools) -> Result<()> {
+    println!("==> BIND9 pods for the example instances (image {BIND9_IMAGE}, hostNetwork)");
+    let list: Value =
+        serde_json::from_str(&tools.kubectl_ok(&["get", "bind9instances", "-A", "-o", "json"])?)
+            .context("parsing the instances")?;
+    let mut workloads = Vec::new();
+    for instance in list["items"].as_array().into_iter().flatten() {
+        let (Some(name), Some(namespace), Some(secret)) = (
+            instance["metadata"]["name"].as_str(),
+            instance["metadata"]["namespace"].as_str(),
+            instance_secret(instance),
+        ) else {
+            continue;
+        };
+        wait_until(
+            &format!("Secret {namespace}/{secret}"),
+            Duration::from_secs(60),
+            || {
+                Ok(tools
+                    .kubectl(&["get", "secret", &secret, "-n", namespace], None)?
+                    .0)
+            },
+        )?;
+        let workload = Bind9Workload::new(name, &secret)?;
+        for object in [
+            serde_json::to_string(&workload.config_map()?)?,
+            serde_json::to_string(&workload.deployment()?)?,
+        ] {
+            let (ok, _, stderr) = tools.kubectl(
+                &["apply", "-n", namespace, "-f", "-"],
+                Some(object.as_bytes()),
+            )?;
+            if !ok {
+                bail!("creating the BIND9 workload of {namespace}/{name}: {stderr}");
+            }
+        }
+        workloads.push((namespace.to_owned(), workload));
+    }
+    for (namespace, workload) in &workloads {
+        tools.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            &workload.selector(),
+            "-n",
+            namespace,
+            "--timeout=180s",
+        ])?;
+        let key = tools.kubectl_ok(&[
+            "get",
+            "secret",
+            &workload.secret,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.data.rndc\\.key}",
+        ])?;
+        let key = base64_decode(key.trim())?;
+        println!(
+            "==> rndc status against the pod of {namespace}/{} (127.0.0.1:{}, key from Secret {})",
+            workload.name, workload.rndc_port, workload.secret
+        );
+        print!("{}", rndc_status(workload.rndc_port, &key)?);
+    }
+    Ok(())
+}
+
+fn base64_decode(text: &str) -> Result<String> {
+    let output = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(text.as_bytes())?;
+            }
+            child.wait_with_output()
+        })
+        .context("running base64 -d")?;
+    if !output.status.success() {
+        bail!("the Secret's rndc.key is not valid base64");
+    }
+    String::from_utf8(output.stdout).context("the Secret's rndc.key is not UTF-8")
+}
+
+/// `rndc status` against 127.0.0.1:`port` with `key` (written to a private temporary file;
+/// `rndc`'s output never contains it).
+fn rndc_status(port: u16, key: &str) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = rndc_warden_testkit::named::key_name(key)?;
+    let dir = tempfile::tempdir().context("a directory for rndc")?;
+    let write = |path: &Path, text: &str| -> Result<()> {
+        use std::io::Write as _;
+        std::fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    let key_path = dir.path().join("rndc.key");
+    write(&key_path, key)?;
+    let conf = dir.path().join("rndc.conf");
+    write(
+        &conf,
+        &format!(
+            "include \"{}\";\noptions {{ default-key \"{name}\"; default-server 127.0.0.1; default-port {port}; }};\n",
+            key_path.display()
+        ),
+    )?;
+    let rndc = rndc_warden_testkit::bins::which("rndc")
+        .context("rndc is not installed: apt-get install bind9-utils")?;
+    let output = Command::new(rndc)
+        .arg("-c")
+        .arg(&conf)
+        .arg("status")
+        .output()
+        .context("running rndc")?;
+    if !output.status.success() {
+        bail!(
+            "rndc status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

@@ -1,5 +1,7 @@
 //! `cargo xtask`: developer tasks for rndc-warden.
 //!
+//! - `cargo xtask test`: every test on a fresh machine (as root): prerequisites installed or
+//!   built and cached, then `cargo test --workspace` (what the README and `.ci/run` run).
 //! - `cargo xtask cluster up|down|env|status`: a local kube-apiserver + etcd (no containers),
 //!   with kubectl and helm, for trying rndc-warden by hand.
 //! - `cargo xtask dev [down]`: the whole system locally (chart installed, rndc-warden running as
@@ -10,10 +12,13 @@
 //!   optionally next to a baseline binary, printed (see `docs/benchmarks.md`).
 //! - `cargo xtask bench rotation-memory`: RSS of the release binary with 10,000 instances and key
 //!   Secrets cached, rotator running, printed (see `docs/benchmarks.md`).
+//! - `cargo xtask bench reload`: on a real node, due -> new key accepted by every BIND9 pod and
+//!   the management gap per reload strategy and kubelet sync period, printed.
 
 mod bench;
 mod cluster;
 mod dev;
+mod test;
 
 use std::process::ExitCode;
 
@@ -38,6 +43,9 @@ enum Command {
     /// Benchmarks on release builds: `bench admission` (the HTTPS admission webhook under load),
     /// `bench attacks` (resource attacks on the webhook), `bench rotation-memory` (RSS with 10,000 instances and key Secrets cached).
     Bench(bench::BenchArgs),
+    /// Every test on a fresh machine (as root): installs the Debian packages, builds or reuses
+    /// the cached Kubernetes, node and Bindy binaries and images, runs `cargo test --workspace`.
+    Test(test::TestArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +54,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Dev(args) => dev::run(args),
+        Command::Test(args) => test::run(args),
     };
     match result {
         Ok(code) => code,

@@ -125,3 +125,73 @@ fn cluster_up_then_down_leaves_nothing_behind() {
     let env = xtask(state.path(), &["env"]);
     assert!(!env.status.success(), "env must fail when not running");
 }
+
+/// Cgroups of the node in any v1 hierarchy.
+fn node_cgroups() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|h| ["kubepods", "k8s.io"].map(|c| h.path().join(c)))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+/// `cluster up --node` runs a Ready node whose pods get a real BIND9 container; `down` stops
+/// every process (containers included) and leaves no mount, cgroup or node directory behind.
+#[test]
+fn cluster_up_with_a_node_then_down_leaves_nothing_behind() {
+    let state = tempfile::tempdir().expect("state dir");
+    let host_paths = ["/var/lib/kubelet", "/run/containerd", "/var/log/containers"];
+    let existed: Vec<bool> = host_paths.iter().map(|p| Path::new(p).exists()).collect();
+    let cgroups_before = node_cgroups();
+    let up = xtask(state.path(), &["up", "--node", "--sync-seconds", "10"]);
+    assert!(
+        up.status.success(),
+        "up --node failed (it needs root and the node's binaries; see docs/development.md):\n{}\n{}",
+        text(&up.stdout),
+        text(&up.stderr)
+    );
+    eprintln!("{}", text(&up.stdout).trim());
+    assert!(
+        text(&up.stdout).contains("Ready in"),
+        "{}",
+        text(&up.stdout)
+    );
+    let env = text(&xtask(state.path(), &["env"]).stdout);
+    let script = format!(
+        "{env}\nkubectl get nodes localhost -o jsonpath='{{.status.conditions[?(@.type==\"Ready\")].status}}'"
+    );
+    let shell = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("sh");
+    assert_eq!(
+        text(&shell.stdout).trim(),
+        "True",
+        "{}",
+        text(&shell.stderr)
+    );
+    let node_dir = state.path().join("node");
+    assert!(!processes_mentioning(&node_dir.display().to_string()).is_empty());
+
+    let down = xtask(state.path(), &["down"]);
+    assert!(
+        down.status.success(),
+        "down failed:\n{}\n{}",
+        text(&down.stdout),
+        text(&down.stderr)
+    );
+    let node = node_dir.display().to_string();
+    assert_eq!(processes_mentioning(&node), Vec::new());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&node), "mounts left under {node}");
+    assert_eq!(node_cgroups(), cgroups_before, "cgroups left behind");
+    let exist: Vec<bool> = host_paths.iter().map(|p| Path::new(p).exists()).collect();
+    assert_eq!(
+        exist, existed,
+        "host paths {host_paths:?} created and left behind"
+    );
+}

@@ -1,5 +1,6 @@
 //! `cargo xtask dev` — the README's first command — brings the whole system up from the chart,
-//! applies the examples with the webhook enforcing, and `dev down` leaves nothing running.
+//! applies the examples with the webhook enforcing, runs (as root) a BIND9 pod per example
+//! instance and `rndc status` against it, and `dev down` leaves nothing running.
 
 use std::process::Command;
 
@@ -39,6 +40,23 @@ fn dev_runs_the_chart_install_applies_the_examples_and_down_stops_everything() {
         output.contains("eval \"$(cargo xtask cluster env)\""),
         "{output}"
     );
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // As root it runs a node: each example instance has a BIND9 pod answering rndc with the
+        // key from its Secret.
+        for instance in ["dns-primary", "dns-vault", "dns-inline"] {
+            assert!(
+                output.contains(&format!(
+                    "rndc status against the pod of dns-system/{instance}"
+                )),
+                "{output}"
+            );
+        }
+        assert!(
+            output.matches("server is up and running").count() >= 3,
+            "{output}"
+        );
+    }
     assert!(down_ok, "cargo xtask dev down failed:\n{down_output}");
     let pid = pid.expect("the pid line");
     assert!(
