@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use node_support::*;
-use rndc_warden::policy::Algorithm;
 use rndc_warden::rotation::{ReloadStrategy, RotationArgs};
 use rndc_warden_testkit::workload::{live_pods, pod_ready};
 use rndc_warden_testkit::{Bind9Workload, Node, rndc_status_at};
@@ -111,23 +110,7 @@ async fn bench(node: &'static Node, t: &RotationEnv, strategy: ReloadStrategy, r
     let (c, ns) = (t.client().clone(), t.ns().to_owned());
     let name = format!("bench-{}", format!("{strategy:?}").to_lowercase());
     let secret_name = format!("{name}-rndc-key");
-    create_key_secret(
-        &c,
-        &ns,
-        &secret_name,
-        Algorithm::HmacSha256,
-        Utc::now() - TimeDelta::days(2),
-        TimeDelta::days(30),
-    )
-    .await;
-    create_instance(
-        &c,
-        &ns,
-        &name,
-        standalone(Some(rndc_key(true, "720h", "hmac-sha256"))),
-    )
-    .await;
-    let (w, _) = deploy(&c, &ns, &name, &secret_name).await;
+    let (w, _, _) = managed(t, &name).await;
     let rotator = t.start_with(RotationArgs {
         reload_strategy: strategy,
         resync_period: Duration::from_secs(30),

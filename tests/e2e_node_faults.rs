@@ -30,30 +30,6 @@ fn fast(t: &RotationEnv) -> RotationArgs {
     }
 }
 
-/// A managed instance with a key that is not due, and its pod.
-async fn managed(t: &RotationEnv, name: &str) -> (rndc_warden_testkit::Bind9Workload, Pod, Secret) {
-    let (c, ns) = (t.client(), t.ns());
-    let secret_name = format!("{name}-rndc-key");
-    let s0 = create_key_secret(
-        c,
-        ns,
-        &secret_name,
-        Algorithm::HmacSha256,
-        Utc::now() - TimeDelta::days(2),
-        TimeDelta::days(30),
-    )
-    .await;
-    create_instance(
-        c,
-        ns,
-        name,
-        standalone(Some(rndc_key(true, "720h", "hmac-sha256"))),
-    )
-    .await;
-    let (w, pod) = deploy(c, ns, name, &secret_name).await;
-    (w, pod, s0)
-}
-
 async fn converged(t: &RotationEnv, name: &str, count_wanted: u32) {
     wait_converged(
         t.client(),

@@ -189,13 +189,13 @@ pub fn rotator_metric(rotator: &Rotator, series: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// One signal reload: the same pod (UID, restartCount 0) takes the new key after SIGHUP.
-pub async fn signal_round(t: &RotationEnv, name: &str) {
-    let (c, ns) = (t.client().clone(), t.ns().to_owned());
+/// A managed instance with a key that is not due, and its pod.
+pub async fn managed(t: &RotationEnv, name: &str) -> (Bind9Workload, Pod, Secret) {
+    let (c, ns) = (t.client(), t.ns());
     let secret_name = format!("{name}-rndc-key");
     let s0 = create_key_secret(
-        &c,
-        &ns,
+        c,
+        ns,
         &secret_name,
         Algorithm::HmacSha256,
         Utc::now() - TimeDelta::days(2),
@@ -203,13 +203,21 @@ pub async fn signal_round(t: &RotationEnv, name: &str) {
     )
     .await;
     create_instance(
-        &c,
-        &ns,
+        c,
+        ns,
         name,
         standalone(Some(rndc_key(true, "720h", "hmac-sha256"))),
     )
     .await;
-    let (w, pod0) = deploy(&c, &ns, name, &secret_name).await;
+    let (w, pod) = deploy(c, ns, name, &secret_name).await;
+    (w, pod, s0)
+}
+
+/// One signal reload: the same pod (UID, restartCount 0) takes the new key after SIGHUP.
+pub async fn signal_round(t: &RotationEnv, name: &str) {
+    let (c, ns) = (t.client().clone(), t.ns().to_owned());
+    let secret_name = format!("{name}-rndc-key");
+    let (w, pod0, s0) = managed(t, name).await;
     let args = RotationArgs {
         reload_strategy: ReloadStrategy::Signal,
         reload_signal_deadline: Duration::from_secs(180),
