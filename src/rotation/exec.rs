@@ -1,4 +1,4 @@
-//! The `signal` reload strategy (SPEC §8): SIGHUP to named in each of an instance's pods, only
+//! The `signal` reload strategy (docs/reload.md, "Strategies"): SIGHUP to named in each of an instance's pods, only
 //! once the pod sees the new key file.
 //!
 //! The steps that touch pods sit behind [`PodExec`], so the orchestration ([`signal_pods`]) is

@@ -1,4 +1,4 @@
-//! The reloader (SPEC §8), the I/O part: on every scheduler pass, compare each instance's key
+//! The reloader (docs/reload.md), the I/O part: on every scheduler pass, compare each instance's key
 //! revision with the revision its pods were last reloaded onto ([`super::reload::decide`]),
 //! debounce, and run reloads (rollout or SIGHUP), status, Events and metrics in bounded tasks.
 
