@@ -12,6 +12,7 @@
 //! the apiserver in a loop across a renewal (short `duration`), which the server's file watch
 //! picks up; no call may fail.
 
+mod common;
 mod rotation_support;
 
 use std::collections::BTreeMap;
@@ -176,19 +177,6 @@ fn publish(root: &Path, generation: u64, data: &BTreeMap<String, Vec<u8>>) {
             symlink(Path::new("..data").join(key), &link).expect("key symlink");
         }
     }
-}
-
-async fn kubectl_apply(env: &TestEnv, manifest: &str) -> (bool, String) {
-    let out = env
-        .cp
-        .kubectl_as(
-            env.cp.kubeconfig_path(),
-            ["apply", "--dry-run=server", "-f", "-"],
-            Some(manifest.as_bytes()),
-        )
-        .await
-        .expect("kubectl runs");
-    (out.success(), format!("{}{}", out.stdout, out.stderr))
 }
 
 fn condition_true(object: &Value, kind: &str) -> bool {
@@ -403,7 +391,7 @@ async fn cert_manager_issues_injects_and_renews_without_a_failed_admission_call(
         |output: &str| output.contains("denied the request") && output.contains("rndc.key");
     let started = Instant::now();
     loop {
-        let (ok, output) = kubectl_apply(&env, &bad_secret).await;
+        let (ok, output) = dry_run(&env, &bad_secret).await;
         if !ok && denied(&output) {
             break;
         }
@@ -433,7 +421,7 @@ async fn cert_manager_issues_injects_and_renews_without_a_failed_admission_call(
     let mut renewed_at: Option<Instant> = None;
     let started = Instant::now();
     loop {
-        let (ok, output) = kubectl_apply(&env, &bad_secret).await;
+        let (ok, output) = dry_run(&env, &bad_secret).await;
         calls += 1;
         if ok || !denied(&output) {
             failures.push(output);
@@ -501,4 +489,10 @@ async fn cert_manager_issues_injects_and_renews_without_a_failed_admission_call(
         .await
         .expect("helm runs");
     assert!(out.success(), "helm uninstall: {}", out.stderr);
+}
+
+/// `kubectl apply --dry-run=server` of `manifest`: whether it passed, and its output.
+async fn dry_run(env: &TestEnv, manifest: &str) -> (bool, String) {
+    let (ok, stdout, stderr) = common::kubectl_apply(env, manifest, &["--dry-run=server"]).await;
+    (ok, format!("{stdout}{stderr}"))
 }

@@ -9,22 +9,17 @@
 use rndc_warden::api::crd_yaml;
 use rndc_warden_testkit::TestEnv;
 
+mod common;
+
+/// `kubectl apply --dry-run=server` of `manifest`: whether it passed, and its stderr.
+async fn dry_run(env: &TestEnv, manifest: &str) -> (bool, String) {
+    let (ok, _, stderr) = common::kubectl_apply(env, manifest, &["--dry-run=server"]).await;
+    (ok, stderr)
+}
+
 /// The generated CRDs under another API group, so that creating them never collides.
 fn renamed(yaml: &str) -> String {
     yaml.replace("bindy.firestoned.io", "crd-apply.rndc-warden.test")
-}
-
-async fn apply_dry_run(env: &TestEnv, manifest: &str) -> (bool, String) {
-    let out = env
-        .cp
-        .kubectl_as(
-            env.cp.kubeconfig_path(),
-            ["apply", "--dry-run=server", "-f", "-"],
-            Some(manifest.as_bytes()),
-        )
-        .await
-        .expect("kubectl runs");
-    (out.success(), out.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,14 +33,14 @@ async fn applying_the_generated_crds_prints_no_warning() {
         with_unknown_format, manifest,
         "the CRDs carry an int64 format"
     );
-    let (ok, stderr) = apply_dry_run(&env, &with_unknown_format).await;
+    let (ok, stderr) = dry_run(&env, &with_unknown_format).await;
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains("Warning") && stderr.contains("uint32"),
         "kubectl reports an unknown format as a warning: {stderr:?}"
     );
 
-    let (ok, stderr) = apply_dry_run(&env, &manifest).await;
+    let (ok, stderr) = dry_run(&env, &manifest).await;
     assert!(ok, "the generated CRDs are accepted: {stderr}");
     assert!(
         !stderr.contains("Warning"),
