@@ -22,6 +22,7 @@ pub mod audit;
 pub mod cache;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod metrics;
 pub mod policy;
