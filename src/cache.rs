@@ -173,6 +173,73 @@ impl Synced {
     }
 }
 
+/// The one watch loop of the process (admission's caches and the rotator's stores): watches
+/// `api` with `config` until `stop`, hands every event to `apply` and notifies `changed` after
+/// it.
+///
+/// The initial lists are consistent lists (kube's `any_semantic` does nothing here: with a page
+/// limit kube-core drops `resourceVersion=0`). A new CRD's list can be older than what its fresh
+/// watch cache then keeps, and the watch from its resourceVersion fails with 410 `Expired`: the
+/// watch then starts over with a new list (kube alone would retry a watch that failed to start
+/// from the same resourceVersion forever). An attempt whose initial list has not completed
+/// within INITIAL_LIST_DEADLINE starts over too. Other errors are retried with backoff.
+pub(crate) fn watch_task<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+    changed: Arc<Notify>,
+    mut apply: impl FnMut(watcher::Event<K>) + Send + 'static,
+) -> CacheTask
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    Box::pin(async move {
+        let kind = K::kind(&());
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let stream = watcher(api.clone(), config.clone()).default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            let deadline = tokio::time::Instant::now() + INITIAL_LIST_DEADLINE;
+            let mut listed = false;
+            loop {
+                let next = tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep_until(deadline), if !listed => None,
+                    next = stream.next() => Some(next),
+                };
+                let Some(next) = next else {
+                    tracing::warn!(%kind, "initial list not complete after {INITIAL_LIST_DEADLINE:?}; listing again");
+                    break;
+                };
+                match next {
+                    None => break,
+                    Some(Ok(event)) => {
+                        listed |= matches!(event, watcher::Event::InitDone);
+                        apply(event);
+                    }
+                    Some(Err(error)) if is_expired(&error) => {
+                        tracing::info!(%kind, %error, "watch expired; listing again from the current state");
+                        break;
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
+                    }
+                }
+                changed.notify_one();
+            }
+            changed.notify_one();
+        }
+    })
+}
+
+/// A reflector store of `K` (objects shrunk by `shrink`) kept by [`watch_task`], and its
+/// [`Synced`] signal.
 fn reflect<K>(
     api: Api<K>,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -190,56 +257,20 @@ where
 {
     let (reader, mut writer) = reflector::store();
     let (synced_tx, synced) = Synced::channel();
-    // The initial lists are consistent lists (kube's `any_semantic` does nothing here: with a
-    // page limit kube-core drops `resourceVersion=0`). A new CRD's list can be older than what
-    // its fresh watch cache then keeps, and the watch from its resourceVersion fails with 410
-    // `Expired`: the watch then starts over with a new list (kube alone would retry a watch
-    // that failed to start from the same resourceVersion forever). An attempt whose initial
-    // list has not completed within INITIAL_LIST_DEADLINE starts over too.
-    let task = async move {
-        let kind = K::kind(&());
-        let mut stop = std::pin::pin!(stop);
-        loop {
-            let stream = watcher(api.clone(), watcher::Config::default())
-                .default_backoff()
-                .modify(shrink);
-            let mut stream = std::pin::pin!(stream);
-            let deadline = tokio::time::Instant::now() + INITIAL_LIST_DEADLINE;
-            let mut listed = false;
-            loop {
-                let next = tokio::select! {
-                    () = &mut stop => return,
-                    () = tokio::time::sleep_until(deadline), if !listed => None,
-                    next = stream.next() => Some(next),
-                };
-                let Some(next) = next else {
-                    tracing::warn!(%kind, "initial list not complete after {INITIAL_LIST_DEADLINE:?}; listing again");
-                    break;
-                };
-                match next {
-                    None => break,
-                    Some(Ok(event)) => {
-                        let done = matches!(event, watcher::Event::InitDone);
-                        writer.apply_watcher_event(&event);
-                        if done {
-                            listed = true;
-                            synced_tx.send_replace(true);
-                        }
-                    }
-                    Some(Err(error)) if is_expired(&error) => {
-                        tracing::info!(%kind, %error, "watch expired; listing again from the current state");
-                        break;
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
-                    }
-                }
-                changed.notify_one();
+    let task = watch_task(
+        api,
+        watcher::Config::default(),
+        stop,
+        changed,
+        move |event| {
+            let event = event.modify(shrink);
+            writer.apply_watcher_event(&event);
+            if matches!(event, watcher::Event::InitDone) {
+                synced_tx.send_replace(true);
             }
-            changed.notify_one();
-        }
-    };
-    (reader, synced, Box::pin(task))
+        },
+    );
+    (reader, synced, task)
 }
 
 /// Waits until `synced`, calling `still` every 10 s meanwhile.
@@ -266,7 +297,7 @@ impl ClusterCache {
         client: Client,
         namespaces: &[String],
         readiness: Arc<Readiness>,
-        stop: &dyn Fn() -> CacheTask,
+        stop: &(dyn Fn() -> CacheTask + Sync),
     ) -> StartedCache {
         let changed = Arc::new(Notify::new());
         let mut tasks = Vec::new();

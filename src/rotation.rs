@@ -18,14 +18,17 @@
 //! next pass. Every write carries a `resourceVersion` precondition; a 409 re-reads and re-decides,
 //! so a second leader racing by accident cannot rotate a key twice.
 
-mod engine;
+mod caches;
+mod context;
 pub mod exec;
 mod keys;
 pub mod naming;
 pub mod plan;
 mod queue;
+mod reconcile;
 pub mod reload;
 mod reloader;
+mod scheduler;
 mod store;
 
 use std::future::Future;
@@ -34,12 +37,15 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args};
 
-pub use engine::{Caches, Context};
 pub use exec::{KubeExec, PodExec};
 pub use keys::{KeySource, OsKeySource, QpsLimiter};
 pub use reload::ReloadStrategy;
 
-use crate::cache::SharedStores;
+use caches::Caches;
+use context::Context;
+
+use crate::cache::{CacheTask, SharedStores};
+use crate::clock::Clock;
 use crate::config::parse_duration;
 use crate::metrics::Metrics;
 use crate::policy::PolicyConfig;
@@ -223,13 +229,25 @@ impl RotationArgs {
             .replace("{instance}", instance)
     }
 
-    /// This replica's identity.
-    pub fn identity(&self) -> String {
-        self.identity.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "rndc-warden".to_owned());
-            let suffix: u32 = rand::random();
-            format!("{host}-{suffix:08x}")
-        })
+    /// Fills in what the flags leave to the environment, once, at startup: the Lease namespace
+    /// (`pod_namespace`, else `default_namespace`) and the identity (`host` plus `suffix`).
+    pub fn resolve(
+        &mut self,
+        pod_namespace: Option<String>,
+        default_namespace: &str,
+        host: Option<String>,
+        suffix: u32,
+    ) {
+        if self.lease_namespace.is_empty() {
+            self.lease_namespace = pod_namespace
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or_else(|| default_namespace.to_owned());
+        }
+        if self.identity.is_none() {
+            let host = host.filter(|h| !h.is_empty());
+            let host = host.as_deref().unwrap_or("rndc-warden");
+            self.identity = Some(format!("{host}-{suffix:08x}"));
+        }
     }
 }
 
@@ -264,6 +282,9 @@ pub enum Error {
     /// The lease watcher ended while the rotator was running.
     #[error("the Lease watcher on {0} stopped")]
     LeaseWatcherStopped(String),
+    /// A watch of the rotator's caches ended before shutdown.
+    #[error("a rotator watch stopped before shutdown")]
+    WatchStopped,
     /// The OS random number generator failed.
     #[error("the OS random number generator failed: {0}")]
     Random(String),
@@ -285,63 +306,81 @@ impl Error {
     }
 }
 
-/// Runs the rotator until `shutdown` completes: starts the watch caches, competes for the Lease
-/// and, while it holds the Lease, runs the scheduler. Returns `Ok(())` on shutdown and an error
-/// if the rotator cannot go on (the caller should exit non-zero). `shared`: the instance and
-/// cluster stores admission already keeps in this process (`None`: the rotator watches them).
+/// The parts of a rotator that tests replace: the key source, the pod exec and the clock.
+pub struct Parts {
+    /// Where key bytes come from.
+    pub keys: Arc<dyn KeySource>,
+    /// How commands run in pods (the `signal` strategy).
+    pub exec: Arc<dyn PodExec>,
+    /// The wall clock.
+    pub clock: Clock,
+}
+
+impl Parts {
+    /// The OS CSPRNG, `pods/exec` through `client`, the system clock.
+    pub fn real(client: &kube::Client) -> Parts {
+        Parts {
+            keys: Arc::new(OsKeySource),
+            exec: Arc::new(KubeExec::new(client.clone())),
+            clock: crate::clock::system(),
+        }
+    }
+}
+
+/// Runs the rotator until `shutdown` completes: starts its watches, competes for the Lease and,
+/// while it holds the Lease, runs the scheduler. Returns `Ok(())` on shutdown and an error if the
+/// rotator cannot go on (the caller should exit non-zero). `shared`: the instance and cluster
+/// stores of the process's [`crate::cache::ClusterCache`]. `args` must be resolved
+/// ([`RotationArgs::resolve`]): the identity is set.
 pub async fn run(
     client: kube::Client,
     args: RotationArgs,
     policy: PolicyConfig,
     metrics: Arc<Metrics>,
-    shared: Option<SharedStores>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
-    let exec = Arc::new(KubeExec::new(client.clone()));
-    let parts = (
-        Arc::new(OsKeySource) as Arc<dyn KeySource>,
-        exec as Arc<dyn PodExec>,
-    );
-    run_with_parts(client, args, policy, metrics, parts, shared, shutdown).await
-}
-
-/// [`run`] with an injected key source and pod exec (tests).
-pub async fn run_with_parts(
-    client: kube::Client,
-    args: RotationArgs,
-    policy: PolicyConfig,
-    metrics: Arc<Metrics>,
-    (keys, exec): (Arc<dyn KeySource>, Arc<dyn PodExec>),
-    shared: Option<SharedStores>,
+    parts: Parts,
+    shared: SharedStores,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let mut args = args;
     if args.lease_namespace.is_empty() {
-        args.lease_namespace = std::env::var("POD_NAMESPACE")
-            .ok()
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or_else(|| client.default_namespace().to_owned());
+        args.lease_namespace = client.default_namespace().to_owned();
     }
     args.validate()?;
-    let identity = args.identity();
-    let caches = Caches::start(&client, &args.namespaces, shared);
+    let identity = args
+        .identity
+        .clone()
+        .ok_or_else(|| Error::Config("the rotator has no identity (set --identity)".to_owned()))?;
+    // Every watch task runs in this set: stopped when the rotator returns.
+    let mut watches = tokio::task::JoinSet::new();
+    let never = || -> CacheTask { Box::pin(std::future::pending()) };
+    let (caches, tasks) = Caches::start(&client, &args.namespaces, shared, never);
+    for task in tasks {
+        watches.spawn(task);
+    }
     let ctx = Arc::new(Context::new(
         client.clone(),
         args.clone(),
         policy,
         metrics.clone(),
-        (keys, exec),
+        parts,
         caches,
         &identity,
     ));
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => Ok(()),
+            Some(_) = watches.join_next() => Err(Error::WatchStopped),
+        }
+    };
     tokio::pin!(shutdown);
+    let mut stopped: Option<Result<(), Error>> = None;
 
     if !args.leader_election {
         tracing::info!(%identity, "rotator starting without leader election");
         metrics.rotator_leader.set(1);
         let result = tokio::select! {
-            () = &mut shutdown => Ok(()),
-            r = engine::schedule(ctx.clone()) => r,
+            r = &mut shutdown => r,
+            r = scheduler::schedule(ctx.clone()) => r,
         };
         metrics.rotator_leader.set(0);
         return result;
@@ -371,9 +410,9 @@ pub async fn run_with_parts(
     let lease_name = format!("{}/{}", args.lease_namespace, args.lease_name);
     let result = loop {
         // Follower: wait for the Lease.
-        while !*leader.borrow_and_update() {
+        while stopped.is_none() && !*leader.borrow_and_update() {
             tokio::select! {
-                () = &mut shutdown => break,
+                r = &mut shutdown => stopped = Some(r),
                 changed = leader.changed() => {
                     if changed.is_err() {
                         break;
@@ -381,8 +420,11 @@ pub async fn run_with_parts(
                 }
             }
         }
+        if let Some(r) = stopped.take() {
+            break r;
+        }
         if !*leader.borrow() {
-            // Shutdown or the watcher ended.
+            // The watcher ended.
             break if leader.has_changed().is_err() {
                 Err(Error::LeaseWatcherStopped(lease_name.clone()))
             } else {
@@ -392,7 +434,7 @@ pub async fn run_with_parts(
         tracing::info!(%identity, lease = %lease_name, "acquired the Lease; rotating");
         metrics.rotator_leader.set(1);
         let outcome = tokio::select! {
-            () = &mut shutdown => Some(Ok(())),
+            r = &mut shutdown => Some(r),
             lost = wait_lost(&mut leader) => {
                 if lost {
                     tracing::warn!(%identity, lease = %lease_name, "lost the Lease; rotation stopped");
@@ -401,7 +443,7 @@ pub async fn run_with_parts(
                     Some(Err(Error::LeaseWatcherStopped(lease_name.clone())))
                 }
             }
-            r = engine::schedule(ctx.clone()) => Some(r),
+            r = scheduler::schedule(ctx.clone()) => Some(r),
         };
         metrics.rotator_leader.set(0);
         if let Some(outcome) = outcome {

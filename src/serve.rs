@@ -321,17 +321,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    if let Some(client) = &client {
+    if let (Some(client), Some(shared)) = (&client, cache.shared()) {
         if args.rotation.enabled {
             // The rotator reads admission's instance and cluster stores: one copy of each.
             let mut rotation = args.rotation.clone();
             rotation.namespaces = args.watch_namespaces.clone();
+            rotation.resolve(
+                std::env::var("POD_NAMESPACE").ok(),
+                client.default_namespace(),
+                std::env::var("HOSTNAME").ok(),
+                rand::random(),
+            );
             let rotator = crate::rotation::run(
                 client.clone(),
                 rotation,
                 policy_config.clone(),
                 metrics.clone(),
-                cache.shared(),
+                crate::rotation::Parts::real(client),
+                shared,
                 stop_signal(),
             );
             tasks.spawn(async move {

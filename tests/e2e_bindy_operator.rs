@@ -160,6 +160,14 @@ impl SideBySide {
             .collect()
     }
 
+    /// rndc-warden's audited writes of Bind9Instances (any subresource) since `since`.
+    fn instance_writes_by_warden(&self, since: &str) -> Vec<AuditEvent> {
+        self.writes_by(&self.warden_user(), since)
+            .into_iter()
+            .filter(|e| e.resource == "bind9instances")
+            .collect()
+    }
+
     fn warden_user(&self) -> String {
         self.chart.identity.username.clone()
     }
@@ -470,6 +478,199 @@ async fn defects_3_7_8_one_trigger_one_rotation_one_rollout_with_the_operator() 
             .resource_version(),
         rv,
         "no status write ping-pong"
+    );
+}
+
+/// When a state of the instance was seen, and its `RndcSecretReloaded` condition then.
+type ConditionSeen = (Instant, Option<serde_json::Value>);
+
+/// The `RndcSecretReloaded` condition of an instance object, if any.
+fn reloaded_condition(instance: &DynamicObject) -> Option<serde_json::Value> {
+    instance.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == rndc_warden::api::CONDITION_RNDC_SECRET_RELOADED)
+        .cloned()
+}
+
+/// Defect 8, the condition: Bindy's status writer replaces `status.conditions` (it wiped
+/// rndc-warden's `RndcSecretReloaded` 16-133 ms after each write). With the operator running,
+/// a user (`secretRef`) Secret's key changes: rndc-warden rolls the pods once, writes the
+/// condition at most once for the revision and never writes it back once Bindy's writer has
+/// replaced it (no fight over a shared field); every condition anyone sees is true or absent
+/// (never the old revision once the pods were rolled); the reload is on record where Bindy's
+/// writer cannot remove it (the Event and the Deployment's marker), so a restart of
+/// rndc-warden after the wipe neither rolls again nor writes status again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_8_bindy_status_writer_and_the_reloaded_condition_never_fight() {
+    use rndc_warden::policy::{Algorithm, key_revision, key_secret_from_bytes};
+    use std::sync::{Arc, Mutex};
+
+    let mut t = SideBySide::start("bindy-op-cond", BindyCrds::Upstream).await;
+    let ns = t.ns().to_owned();
+    let record = Record::start(t.client(), &ns).await;
+    let user_secret = |byte: u8| Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("dns-c-user".into()),
+            ..Default::default()
+        },
+        data: Some(
+            key_secret_from_bytes("bindy-operator", Algorithm::HmacSha256, &[byte; 32])
+                .expect("key")
+                .into_data(),
+        ),
+        ..Secret::default()
+    };
+    let first = t
+        .secrets()
+        .create(&Default::default(), &user_secret(1))
+        .await
+        .expect("user Secret");
+    t.apply(&instance_yaml(
+        &ns,
+        "dns-c",
+        "",
+        Some("secretRef:\n  name: dns-c-user\n  algorithm: hmac-sha256\n"),
+    ))
+    .await;
+    t.wait_deployment("dns-c").await;
+    settle(&mut t, Duration::from_secs(5)).await;
+    let old_revision = key_revision(&first).expect("revision");
+
+    // Every state of the instance from here on: (when, condition).
+    let seen: Arc<Mutex<Vec<ConditionSeen>>> = Arc::default();
+    let watch = {
+        use futures::StreamExt as _;
+        let seen = seen.clone();
+        let api = t.instances();
+        tokio::spawn(async move {
+            let config = kube::runtime::watcher::Config::default().fields("metadata.name=dns-c");
+            let mut stream = std::pin::pin!(kube::runtime::watcher(api, config));
+            while let Some(event) = stream.next().await {
+                if let Ok(
+                    kube::runtime::watcher::Event::Apply(o)
+                    | kube::runtime::watcher::Event::InitApply(o),
+                ) = event
+                {
+                    let mut seen = seen.lock().expect("seen");
+                    seen.push((Instant::now(), reloaded_condition(&o)));
+                }
+            }
+        })
+    };
+
+    // The user rotates the key.
+    let since = audit_now();
+    let mut next = user_secret(2);
+    let current = t.secrets().get("dns-c-user").await.expect("secret");
+    next.metadata.resource_version = current.metadata.resource_version;
+    let second = t
+        .secrets()
+        .replace("dns-c-user", &Default::default(), &next)
+        .await
+        .expect("user rotation");
+    let new_revision = key_revision(&second).expect("revision");
+    assert_ne!(new_revision, old_revision);
+    let started = Instant::now();
+    while record.templates("dns-c") < 2 {
+        assert!(
+            started.elapsed() < CONVERGE,
+            "never rolled: {:?}",
+            record.template_annotations("dns-c")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rolled = Instant::now();
+    // Bindy's writer acts within a fraction of a second, and again on each reconcile.
+    settle(&mut t, Duration::from_secs(15)).await;
+
+    let reloaded = rotation_support::events(
+        t.client(),
+        &ns,
+        "dns-c",
+        rndc_warden::api::EVENT_RNDC_SECRET_RELOADED,
+    )
+    .await;
+    assert!(
+        reloaded
+            .iter()
+            .any(|e| e.note.as_deref().unwrap_or("").contains(&new_revision)),
+        "the reload is on record as an Event: {reloaded:?}"
+    );
+    assert_eq!(
+        record.templates("dns-c"),
+        2,
+        "one rollout: {:?}",
+        record.template_annotations("dns-c")
+    );
+    let writes = t.instance_writes_by_warden(&since);
+    assert!(
+        writes.len() <= 1 && writes.iter().all(|e| e.subresource == "status"),
+        "at most one instance write (the condition, once per revision): {:?}",
+        summary(&writes)
+    );
+
+    let states = seen.lock().expect("seen").clone();
+    let mut present_after_roll = 0;
+    let mut wiped_after = None;
+    for (at, condition) in &states {
+        let Some(condition) = condition else {
+            if present_after_roll > 0 && wiped_after.is_none() {
+                wiped_after = Some(at.duration_since(rolled));
+            }
+            continue;
+        };
+        let message = condition["message"].as_str().unwrap_or("");
+        assert_eq!(
+            condition["status"],
+            json!("True"),
+            "true or absent: {condition}"
+        );
+        if *at > rolled + Duration::from_secs(2) {
+            assert!(
+                message.contains(&new_revision),
+                "never stale once the pods were rolled: {condition}"
+            );
+        }
+        if message.contains(&new_revision) {
+            present_after_roll += 1;
+        }
+    }
+    let last = states.last().and_then(|(_, c)| c.clone());
+    println!(
+        "defect 8: {} instance write(s) by rndc-warden ({:?}); condition seen in {present_after_roll} \
+         state(s), replaced by Bindy's writer: {}; final condition: {}",
+        writes.len(),
+        summary(&writes),
+        wiped_after.map_or("no".into(), |d| format!("after {} ms", d.as_millis())),
+        last.as_ref()
+            .map_or("absent".into(), |c| c["reason"].to_string())
+    );
+
+    // A restart after the wipe: what rndc-warden remembers is not in the wiped field.
+    let restart = audit_now();
+    t.chart.warden.kill();
+    t.chart.warden.start();
+    t.chart.warden.wait_ready(Duration::from_secs(120)).await;
+    settle(&mut t, Duration::from_secs(15)).await;
+    watch.abort();
+    assert_eq!(
+        record.templates("dns-c"),
+        2,
+        "no rollout after the restart: {:?}",
+        record.template_annotations("dns-c")
+    );
+    let writes = t.instance_writes_by_warden(&restart);
+    assert!(
+        writes.is_empty(),
+        "no instance write after the restart: {:?}",
+        summary(&writes)
+    );
+    let revisions = record.revisions("dns-c-user");
+    assert_eq!(
+        key_changes(&revisions),
+        1,
+        "only the user's change: {revisions:?}"
     );
 }
 

@@ -24,40 +24,31 @@ use rndc_warden::api::{
     EVENT_RNDC_SECRET_RELOAD_FAILED, EVENT_RNDC_SECRET_RELOADED, LABEL_RNDC_KEY, RndcSecretRef,
 };
 use rndc_warden::metrics::Metrics;
-use rndc_warden::policy::{Algorithm, PolicyConfig, key_revision, key_secret_from_bytes};
+use rndc_warden::policy::{Algorithm, key_revision, key_secret_from_bytes};
 use rndc_warden::rotation::exec::{ExecError, parse_digest};
 use rndc_warden::rotation::reload::ANNOTATION_RELOAD_STRATEGY;
-use rndc_warden::rotation::{self, KubeExec, OsKeySource, PodExec, ReloadStrategy, RotationArgs};
+use rndc_warden::rotation::{self, KubeExec, PodExec, ReloadStrategy, RotationArgs};
 use rndc_warden_testkit::{Named, poll_until};
 use rotation_support::*;
-use tokio::sync::oneshot;
 
 /// A rotator started with a chosen [`PodExec`]; stopped on drop.
 struct Reloader {
     metrics: Arc<Metrics>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), rotation::Error>>,
 }
 
 impl Reloader {
     fn start(client: Client, args: RotationArgs, exec: Option<Arc<dyn PodExec>>) -> Reloader {
         let metrics = Metrics::new();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let exec = exec.unwrap_or_else(|| Arc::new(KubeExec::new(client.clone())));
-        let task = tokio::spawn(rotation::run_with_parts(
-            client,
-            args,
-            PolicyConfig::default(),
-            metrics.clone(),
-            (Arc::new(OsKeySource), exec),
-            None,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let mut parts = rotation::Parts::real(&client);
+        if let Some(exec) = exec {
+            parts.exec = exec;
+        }
+        let (stop, task) = rotation_support::spawn_rotator(client, args, metrics.clone(), parts);
         Reloader {
             metrics,
-            stop: Some(stop),
+            stop,
             task,
         }
     }
@@ -88,9 +79,7 @@ impl Reloader {
     }
 
     async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::engine::SecretKey;
+use super::context::SecretRef;
 
 /// First retry delay after a failure; doubled up to the resync period.
 pub(super) const RETRY_BASE: Duration = Duration::from_secs(1);
@@ -43,9 +43,9 @@ struct Backoff {
 
 #[derive(Default)]
 struct State {
-    order: VecDeque<SecretKey>,
-    entries: HashMap<SecretKey, Entry>,
-    backoff: HashMap<SecretKey, Backoff>,
+    order: VecDeque<SecretRef>,
+    entries: HashMap<SecretRef, Entry>,
+    backoff: HashMap<SecretRef, Backoff>,
 }
 
 /// A deduplicated FIFO of Secrets with work, shared by the scheduler and the workers.
@@ -62,7 +62,7 @@ pub(super) struct WorkQueue {
 /// A Secret a worker took from the queue, with the instances that used it when it was queued.
 pub(super) struct Taken {
     /// The Secret.
-    pub(super) key: SecretKey,
+    pub(super) key: SecretRef,
     /// Instance names in the Secret's namespace.
     pub(super) users: Box<[Box<str>]>,
 }
@@ -84,7 +84,7 @@ impl WorkQueue {
 
     /// Queues `key` with the instances that use it now; a queued key only gets the new users, a key
     /// a worker has is queued again when it finishes.
-    pub(super) fn push(&self, key: SecretKey, users: Box<[Box<str>]>) {
+    pub(super) fn push(&self, key: SecretRef, users: Box<[Box<str>]>) {
         let mut state = self.lock();
         match state.entries.get_mut(&key) {
             Some(entry) => {
@@ -129,7 +129,7 @@ impl WorkQueue {
 
     /// A worker is done with `key`. Success clears its backoff and queues it again if it got more
     /// work meanwhile; failure backs it off and returns the delay.
-    pub(super) fn finish(&self, key: &SecretKey, failed: bool) -> Option<Duration> {
+    pub(super) fn finish(&self, key: &SecretRef, failed: bool) -> Option<Duration> {
         let mut state = self.lock();
         let again = state
             .entries
@@ -171,7 +171,7 @@ impl WorkQueue {
     }
 
     /// Until when `key` is backed off, if it failed last time.
-    pub(super) fn backoff_until(&self, key: &SecretKey) -> Option<Instant> {
+    pub(super) fn backoff_until(&self, key: &SecretRef) -> Option<Instant> {
         self.lock().backoff.get(key).map(|b| b.until)
     }
 
@@ -191,7 +191,7 @@ impl WorkQueue {
 mod tests {
     use super::*;
 
-    fn key(name: &str) -> SecretKey {
+    fn key(name: &str) -> SecretRef {
         ("dns".to_owned(), name.to_owned())
     }
 

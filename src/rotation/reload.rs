@@ -133,7 +133,7 @@ impl<'a> Loaded<'a> {
 
 /// What to do about one instance's key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum ReloadAction {
     /// The pods run the current revision.
     Current,
     /// Nothing records what the pods run (first sight): record the current revision without
@@ -163,14 +163,14 @@ pub enum Decision {
     LeaveToRotator,
 }
 
-impl Decision {
+impl ReloadAction {
     /// The revision the decision is about, for debouncing (`None`: nothing to debounce).
     pub fn pending_revision(&self) -> Option<&str> {
         match self {
-            Decision::Reload { revision, .. } | Decision::Invalid { revision, .. } => {
+            ReloadAction::Reload { revision, .. } | ReloadAction::Invalid { revision, .. } => {
                 Some(revision)
             }
-            Decision::Missing => Some(""),
+            ReloadAction::Missing => Some(""),
             _ => None,
         }
     }
@@ -207,12 +207,12 @@ pub fn decide(
     loaded: Loaded<'_>,
     cfg: &PolicyConfig,
     now: DateTime<Utc>,
-) -> Decision {
+) -> ReloadAction {
     let Some(secret) = secret else {
         return if config.is_managed() {
-            Decision::LeaveToRotator
+            ReloadAction::LeaveToRotator
         } else {
-            Decision::Missing
+            ReloadAction::Missing
         };
     };
     let revision = key_revision(secret);
@@ -228,21 +228,21 @@ pub fn decide(
     };
     if let Some(reason) = reason {
         return if config.is_managed() {
-            Decision::LeaveToRotator
+            ReloadAction::LeaveToRotator
         } else {
-            Decision::Invalid { revision, reason }
+            ReloadAction::Invalid { revision, reason }
         };
     }
     let fingerprint = key_fingerprint(secret);
     if loaded.covers(&revision, fingerprint.as_deref()) {
-        return Decision::Current;
+        return ReloadAction::Current;
     }
     match loaded.revision() {
-        Some(current) => Decision::Reload {
+        Some(current) => ReloadAction::Reload {
             revision,
             previous: current.to_owned(),
         },
-        None => Decision::Adopt { revision },
+        None => ReloadAction::Adopt { revision },
     }
 }
 
@@ -433,7 +433,7 @@ mod tests {
         }
     }
 
-    fn decide_with(secret: Option<&Secret>, status: Option<&str>) -> Decision {
+    fn decide_with(secret: Option<&Secret>, status: Option<&str>) -> ReloadAction {
         decide(
             &config(true),
             secret,
@@ -455,7 +455,7 @@ mod tests {
         assert_ne!(old, new, "a key change is a new revision");
         assert_eq!(
             decide_with(Some(&after), Some(&old)),
-            Decision::Reload {
+            ReloadAction::Reload {
                 revision: new.clone(),
                 previous: old.clone()
             }
@@ -475,7 +475,7 @@ mod tests {
                 &PolicyConfig::default(),
                 now()
             ),
-            Decision::Reload { .. }
+            ReloadAction::Reload { .. }
         ));
     }
 
@@ -483,19 +483,19 @@ mod tests {
     fn test_no_reload_when_version_unchanged() {
         let s = secret(1);
         let rev = key_revision(&s).expect("revision");
-        assert_eq!(decide_with(Some(&s), Some(&rev)), Decision::Current);
+        assert_eq!(decide_with(Some(&s), Some(&rev)), ReloadAction::Current);
         // Metadata-only writes (labels, unrelated annotations) keep the revision.
         let mut relabelled = s.clone();
         relabelled.metadata.labels = Some([("team".to_owned(), "dns".to_owned())].into());
         relabelled.metadata.resource_version = Some("99".into());
         assert_eq!(
             decide_with(Some(&relabelled), Some(&rev)),
-            Decision::Current
+            ReloadAction::Current
         );
         // First sight: adopt, do not reload.
         assert_eq!(
             decide_with(Some(&s), None),
-            Decision::Adopt { revision: rev }
+            ReloadAction::Adopt { revision: rev }
         );
     }
 
@@ -515,7 +515,7 @@ mod tests {
                 .expect("data")
                 .insert(key.to_owned(), ByteString(value));
             match decide_with(Some(&bad), Some(&old)) {
-                Decision::Invalid { reason, revision } => {
+                ReloadAction::Invalid { reason, revision } => {
                     assert_ne!(revision, old);
                     let material =
                         String::from_utf8(good.data.as_ref().expect("data")["secret"].0.clone())
@@ -539,13 +539,13 @@ mod tests {
                 &PolicyConfig::default(),
                 now()
             ),
-            Decision::LeaveToRotator
+            ReloadAction::LeaveToRotator
         );
     }
 
     #[test]
     fn a_missing_user_secret_is_reported_and_a_managed_one_left_to_the_rotator() {
-        assert_eq!(decide_with(None, Some("x")), Decision::Missing);
+        assert_eq!(decide_with(None, Some("x")), ReloadAction::Missing);
         assert_eq!(
             decide(
                 &config(false),
@@ -554,7 +554,7 @@ mod tests {
                 &PolicyConfig::default(),
                 now()
             ),
-            Decision::LeaveToRotator
+            ReloadAction::LeaveToRotator
         );
     }
 

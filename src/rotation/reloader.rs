@@ -3,10 +3,9 @@
 //! debounce, and run reloads (rollout or SIGHUP), status, Events and metrics in bounded tasks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -17,19 +16,19 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::engine::{
-    Context, Member, SecretKey, is_status, patch_instance_status, publish, strategy_of,
+use super::context::{
+    Context, Member, SecretRef, Subresource, fenced_patch, is_status, patch_instance_status,
+    publish, strategy_of,
 };
 use super::exec::{SignalOutcome, SignalRequest, signal_pods};
 use super::plan::{key_fingerprint, marker_covers, marker_of, record_of, rollout_patch};
 use super::reload::{
-    Debouncer, Decision, DesiredCondition, Loaded, REASON_FAILED, REASON_INVALID, REASON_NOT_FOUND,
-    REASON_RELOADED, ReloadStrategy, Settled, decide, expected_key_digest,
+    Debouncer, DesiredCondition, Loaded, REASON_FAILED, REASON_INVALID, REASON_NOT_FOUND,
+    REASON_RELOADED, ReloadAction, ReloadStrategy, Settled, decide, expected_key_digest,
 };
 use super::store::KeySecret;
 use super::{Error, FIELD_MANAGER};
 use crate::api::{Bind9Instance, EVENT_RNDC_SECRET_RELOAD_FAILED, EVENT_RNDC_SECRET_RELOADED};
-use crate::metrics::ReloadLabels;
 use crate::policy::key_revision;
 
 /// An instance: namespace and name.
@@ -43,13 +42,13 @@ const SIGNAL_RETRY: Duration = Duration::from_millis(500);
 
 /// What the reloader knows only in this process.
 #[derive(Default)]
-pub struct ReloadMemory {
+struct ReloadMemory {
     /// The revision each instance's pods were reloaded onto (or adopted at first sight).
     loaded: HashMap<InstanceKey, String>,
     /// The failure last reported per instance, so it is reported once.
     reported: HashMap<InstanceKey, String>,
     /// Unlabelled (`secretRef`) Secrets, fetched when their resourceVersion changes.
-    fetched: HashMap<SecretKey, Arc<Secret>>,
+    fetched: HashMap<SecretRef, Arc<Secret>>,
 }
 
 /// One unit of reload work for an instance.
@@ -75,6 +74,8 @@ enum Job {
 
 /// The reloader's state inside the scheduler.
 pub struct Reloads {
+    /// Shared with the reload tasks.
+    memory: Arc<Mutex<ReloadMemory>>,
     debouncer: Debouncer<InstanceKey>,
     tasks: JoinSet<(InstanceKey, Result<(), Error>)>,
     in_flight: HashSet<InstanceKey>,
@@ -85,6 +86,7 @@ impl Reloads {
     /// A reloader that debounces changes over `window`.
     pub fn new(window: Duration) -> Self {
         Self {
+            memory: Arc::default(),
             debouncer: Debouncer::new(window),
             tasks: JoinSet::new(),
             in_flight: HashSet::new(),
@@ -151,15 +153,15 @@ impl Reloads {
     pub async fn pass(
         &mut self,
         ctx: &Arc<Context>,
-        groups: &BTreeMap<SecretKey, Vec<Member>>,
+        groups: &BTreeMap<SecretRef, Vec<Member>>,
         semaphore: &Arc<Semaphore>,
     ) -> Option<Instant> {
-        let now = Utc::now();
+        let now = ctx.now();
         let mut wake: Option<Instant> = None;
         let mut wake_at = |at: Instant| wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
         let mut present: HashSet<InstanceKey> = HashSet::new();
         for ((namespace, secret_name), members) in groups {
-            let Ok(secret) = current_secret(ctx, namespace, secret_name).await else {
+            let Ok(secret) = current_secret(ctx, &self.memory, namespace, secret_name).await else {
                 continue;
             };
             for member in members {
@@ -188,20 +190,21 @@ impl Reloads {
                 let ctx = ctx.clone();
                 let semaphore = semaphore.clone();
                 let member = member.clone();
+                let memory = self.memory.clone();
                 let secret_key = (namespace.clone(), secret_name.clone());
                 self.tasks.spawn(async move {
                     let _permit = semaphore.acquire_owned().await;
-                    let result = run_job(&ctx, &secret_key, &member, job).await;
+                    let result = run_job(&ctx, &memory, &secret_key, &member, job).await;
                     (key, result)
                 });
             }
         }
         self.debouncer.retain(|k| present.contains(k));
         self.backoff.retain(|k, _| present.contains(k));
-        if let Ok(mut memory) = ctx.reload_memory.lock() {
+        if let Ok(mut memory) = self.memory.lock() {
             memory.loaded.retain(|k, _| present.contains(k));
             memory.reported.retain(|k, _| present.contains(k));
-            let used: HashSet<&SecretKey> = groups.keys().collect();
+            let used: HashSet<&SecretRef> = groups.keys().collect();
             memory.fetched.retain(|k, _| used.contains(k));
         }
         wake
@@ -213,7 +216,7 @@ impl Reloads {
         key: &InstanceKey,
         member: &Member,
         secret: Option<&Arc<Secret>>,
-        now: chrono::DateTime<Utc>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Option<Planned> {
         let (namespace, name) = key;
         let instance = &member.instance;
@@ -248,7 +251,7 @@ impl Reloads {
         let status_version = status.and_then(|s| s.rndc_secret_version.clone());
         let conditions = status.and_then(|s| s.conditions.as_deref());
         let (remembered, reported) = {
-            let memory = ctx.reload_memory.lock().ok()?;
+            let memory = self.memory.lock().ok()?;
             (
                 memory.loaded.get(key).cloned(),
                 memory.reported.get(key).cloned(),
@@ -260,8 +263,10 @@ impl Reloads {
             marker: deployment.as_deref().and_then(marker_of),
             record: deployment.as_deref().and_then(|d| record_of(d).0),
         };
+        // The Deployment's marker or record is a durable record of what the pods run.
+        let recorded_on_deployment = loaded.marker.is_some() || loaded.record.is_some();
         let config = &member.user.config;
-        let decision = decide(config, secret.map(|s| s.as_ref()), loaded, &ctx.policy, now);
+        let action = decide(config, secret.map(|s| s.as_ref()), loaded, &ctx.policy, now);
         let secret_name = &config.secret_name;
         let settle = |this: &mut Self, revision: &str, job: Job| match this.debouncer.observe(
             key,
@@ -274,11 +279,11 @@ impl Reloads {
             }
             Settled::WaitUntil(at) => Some(Planned::Later(at)),
         };
-        match decision {
-            Decision::Current => {
+        match action {
+            ReloadAction::Current => {
                 self.debouncer.clear(key);
                 let revision = secret.and_then(|s| key_revision(s))?;
-                if let Ok(mut memory) = ctx.reload_memory.lock() {
+                if let Ok(mut memory) = self.memory.lock() {
                     memory.reported.remove(key);
                 }
                 let condition = conditions
@@ -296,6 +301,7 @@ impl Reloads {
                 }
                 if status_version.is_none()
                     && remembered.is_none()
+                    && !recorded_on_deployment
                     && !config.is_managed()
                     && !ctx.own_status_pruned()
                 {
@@ -303,29 +309,29 @@ impl Reloads {
                 }
                 None
             }
-            Decision::Adopt { revision } => {
+            ReloadAction::Adopt { revision } => {
                 self.debouncer.clear(key);
                 if config.is_managed() {
                     // The pod-template marker and the Secret's created-at are a durable record.
-                    if let Ok(mut memory) = ctx.reload_memory.lock() {
+                    if let Ok(mut memory) = self.memory.lock() {
                         memory.loaded.insert(key.clone(), revision);
                     }
                     return None;
                 }
                 if ctx.own_status_pruned() {
                     // Nowhere durable to write it without a write per instance: remember it.
-                    if let Ok(mut memory) = ctx.reload_memory.lock() {
+                    if let Ok(mut memory) = self.memory.lock() {
                         memory.loaded.insert(key.clone(), revision);
                     }
                     return None;
                 }
                 Some(Planned::Now(Job::Adopt { revision }))
             }
-            Decision::LeaveToRotator => {
+            ReloadAction::LeaveToRotator => {
                 self.debouncer.clear(key);
                 None
             }
-            Decision::Reload { revision, previous } => {
+            ReloadAction::Reload { revision, previous } => {
                 let secret = secret?.clone();
                 let strategy = strategy_of(ctx, instance);
                 let pending = revision.clone();
@@ -345,7 +351,7 @@ impl Reloads {
                 }
                 settle(self, &pending, job)
             }
-            Decision::Invalid { revision, reason } => {
+            ReloadAction::Invalid { revision, reason } => {
                 let condition = DesiredCondition {
                     status: "False",
                     reason: REASON_INVALID,
@@ -367,7 +373,7 @@ impl Reloads {
                     },
                 )
             }
-            Decision::Missing => {
+            ReloadAction::Missing => {
                 let condition = DesiredCondition {
                     status: "False",
                     reason: REASON_NOT_FOUND,
@@ -402,6 +408,7 @@ enum Planned {
 /// fetched once per resourceVersion. `Ok(None)`: it does not exist; `Err`: unknown this pass.
 async fn current_secret(
     ctx: &Context,
+    memory: &Mutex<ReloadMemory>,
     namespace: &str,
     name: &str,
 ) -> Result<Option<Arc<Secret>>, ()> {
@@ -411,9 +418,9 @@ async fn current_secret(
     let Some(version) = ctx.caches.secret_version(namespace, name) else {
         return Ok(None);
     };
-    let key: SecretKey = (namespace.to_owned(), name.to_owned());
-    if let Ok(memory) = ctx.reload_memory.lock()
-        && let Some(cached) = memory.fetched.get(&key)
+    let key: SecretRef = (namespace.to_owned(), name.to_owned());
+    if let Ok(cache) = memory.lock()
+        && let Some(cached) = cache.fetched.get(&key)
         && cached.metadata.resource_version.as_deref() == Some(version.as_str())
     {
         return Ok(Some(cached.clone()));
@@ -430,8 +437,8 @@ async fn current_secret(
         Ok(Some(secret)) => {
             // Kept as small as the labelled cache keeps key Secrets.
             let secret = Arc::new(KeySecret::new(secret).to_secret(namespace, name));
-            if let Ok(mut memory) = ctx.reload_memory.lock() {
-                memory.fetched.insert(key, secret.clone());
+            if let Ok(mut cache) = memory.lock() {
+                cache.fetched.insert(key, secret.clone());
             }
             Ok(Some(secret))
         }
@@ -443,17 +450,8 @@ async fn current_secret(
     }
 }
 
-fn count(ctx: &Context, status: &str) {
-    ctx.metrics
-        .secret_reloads
-        .get_or_create(&ReloadLabels {
-            status: status.to_owned(),
-        })
-        .inc();
-}
-
-fn remember(ctx: &Context, key: &InstanceKey, revision: &str) {
-    if let Ok(mut memory) = ctx.reload_memory.lock() {
+fn remember(memory: &Mutex<ReloadMemory>, key: &InstanceKey, revision: &str) {
+    if let Ok(mut memory) = memory.lock() {
         memory.loaded.insert(key.clone(), revision.to_owned());
         memory.reported.remove(key);
     }
@@ -461,7 +459,8 @@ fn remember(ctx: &Context, key: &InstanceKey, revision: &str) {
 
 async fn run_job(
     ctx: &Context,
-    secret_key: &SecretKey,
+    memory: &Mutex<ReloadMemory>,
+    secret_key: &SecretRef,
     member: &Member,
     job: Job,
 ) -> Result<(), Error> {
@@ -472,7 +471,7 @@ async fn run_job(
     match job {
         Job::Adopt { revision } => {
             write_status(ctx, instance, Some(&revision), None).await?;
-            remember(ctx, &key, &revision);
+            remember(memory, &key, &revision);
             tracing::debug!(instance = %format!("{namespace}/{name}"), %revision, "recorded the RNDC key revision the pods run");
             Ok(())
         }
@@ -487,7 +486,7 @@ async fn run_job(
                 "Not reloading RNDC Secret {namespace}/{secret_name}: {}",
                 condition.message
             );
-            count(ctx, "failed");
+            ctx.count_reload("failed");
             publish(
                 ctx,
                 instance,
@@ -496,7 +495,7 @@ async fn run_job(
                 condition.message.clone(),
             )
             .await;
-            if let Ok(mut memory) = ctx.reload_memory.lock() {
+            if let Ok(mut memory) = memory.lock() {
                 memory.reported.insert(key.clone(), fingerprint);
             }
             write_status(ctx, instance, None, Some(&condition)).await
@@ -525,8 +524,8 @@ async fn run_job(
             };
             match how {
                 Ok(how) => {
-                    remember(ctx, &key, &revision);
-                    count(ctx, "success");
+                    remember(memory, &key, &revision);
+                    ctx.count_reload("success");
                     let message = format!(
                         "Reloaded RNDC key Secret {namespace}/{secret_name} (revision {revision}) by {how}"
                     );
@@ -547,7 +546,7 @@ async fn run_job(
                     write_status(ctx, instance, Some(&revision), Some(&condition)).await
                 }
                 Err(error) => {
-                    count(ctx, "failed");
+                    ctx.count_reload("failed");
                     let message = format!(
                         "Reloading RNDC key Secret {namespace}/{secret_name} (revision {revision}) failed: {error}"
                     );
@@ -585,49 +584,35 @@ async fn rollout(
 ) -> Result<String, Error> {
     let name = ctx.args.deployment_name(instance);
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    let what = || format!("Deployment {namespace}/{name}");
-    let mut current = ctx
+    let Some(cached) = ctx
         .caches
         .deployment(namespace, &name)
-        .map(|d| (*d).clone());
-    for _ in 0..3 {
-        let Some(deployment) = current.as_ref() else {
-            return Ok(format!(
-                "no rollout (Deployment {namespace}/{name} does not exist; pods that start read the current key)"
-            ));
-        };
-        if marker_of(deployment).is_some_and(|m| marker_covers(m, revision)) {
-            return Ok(format!("rollout of Deployment {namespace}/{name}"));
-        }
-        let patch = rollout_patch(deployment, secret, Some(revision));
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
-        match ctx
-            .call(
-                "patch",
-                what,
-                api.patch(&name, &params, &Patch::Merge(&patch)),
-            )
-            .await
-        {
-            Ok(patched) => {
-                ctx.note_written("Deployment", &patched);
-                tracing::info!(
-                    marker = %revision,
-                    "Triggered Deployment {namespace}/{name} rollout after RNDC Secret change"
-                );
-                return Ok(format!("rollout of Deployment {namespace}/{name}"));
-            }
-            Err(e) if is_status(&e, 409) => {
-                current = ctx.call("get", what, api.get_opt(&name)).await?;
-            }
-            Err(e) if is_status(&e, 404) => current = None,
-            Err(e) => return Err(e),
-        }
+        .map(Arc::unwrap_or_clone)
+    else {
+        return Ok(format!(
+            "no rollout (Deployment {namespace}/{name} does not exist; pods that start read the current key)"
+        ));
+    };
+    let written = fenced_patch(
+        ctx,
+        &api,
+        &name,
+        Subresource::Main,
+        Some(cached),
+        |deployment| {
+            (!marker_of(deployment).is_some_and(|m| marker_covers(m, revision)))
+                .then(|| rollout_patch(deployment, secret, Some(revision)))
+        },
+    )
+    .await?;
+    if let Some(patched) = written {
+        ctx.note_written("Deployment", &patched);
+        tracing::info!(
+            marker = %revision,
+            "Triggered Deployment {namespace}/{name} rollout after RNDC Secret change"
+        );
     }
-    Err(Error::Contended(what()))
+    Ok(format!("rollout of Deployment {namespace}/{name}"))
 }
 
 /// SIGHUP to named in every pod of the instance once it sees the new key file; falls back to a
@@ -766,10 +751,175 @@ async fn write_status(
             body.insert("rndcSecretVersion".into(), json!(v));
         }
         if let Some(c) = condition {
-            let merged = c.merged_into(conditions, current.metadata.generation, Utc::now());
+            let merged = c.merged_into(conditions, current.metadata.generation, ctx.now());
             body.insert("conditions".into(), json!(merged));
         }
         Some(serde_json::Value::Object(body))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::api::{ANNOTATION_ROTATED_AT, RndcKeyConfig, RndcSecretRef};
+    use crate::rotation::RotationArgs;
+    use crate::rotation::context::testing::{context, instance, key_secret, rotating, t0};
+    use crate::rotation::scheduler::group;
+
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn user_block() -> RndcKeyConfig {
+        RndcKeyConfig {
+            secret_ref: Some(RndcSecretRef {
+                name: "user-key".into(),
+                algorithm: Some("hmac-sha256".into()),
+                ..RndcSecretRef::default()
+            }),
+            ..RndcKeyConfig::default()
+        }
+    }
+
+    /// Deployment `dns/a` with pod-template marker `marker`, if any.
+    fn deployment(marker: Option<&str>) -> Deployment {
+        let mut d = Deployment::default();
+        d.metadata.name = Some("a".into());
+        d.metadata.namespace = Some("dns".into());
+        d.metadata.resource_version = Some("3".into());
+        d.spec.template.metadata = marker.map(|m| ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_ROTATED_AT.to_owned(),
+                m.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        });
+        d
+    }
+
+    /// The reloader's plan for instance `a` using `secret`.
+    fn plan(ctx: &Context, reloads: &mut Reloads, secret: &Secret) -> Option<Planned> {
+        let groups = group(ctx);
+        let member = groups.values().flatten().next().expect("instance a");
+        let key: InstanceKey = ("dns".into(), "a".into());
+        reloads.plan_job(
+            ctx,
+            &key,
+            member,
+            Some(&Arc::new(secret.clone())),
+            ctx.now(),
+        )
+    }
+
+    fn user_context(secret: &Secret, marker: Option<&str>) -> Context {
+        context(
+            RotationArgs::default(),
+            vec![instance("a", user_block())],
+            vec![secret.clone()],
+            vec![deployment(marker)],
+            t0(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_changed_user_key_is_reloaded_once_the_debounce_window_is_quiet() {
+        let old = key_secret("user-key", 1, false, None, 0, "10");
+        let new = key_secret("user-key", 2, false, None, 0, "11");
+        let loaded = key_revision(&old).expect("revision");
+        let ctx = user_context(&new, Some(&loaded));
+        let mut debounced = Reloads::new(WINDOW);
+        assert!(matches!(
+            plan(&ctx, &mut debounced, &new),
+            Some(Planned::Later(at)) if at > Instant::now() + WINDOW / 2
+        ));
+        let mut at_once = Reloads::new(Duration::ZERO);
+        match plan(&ctx, &mut at_once, &new) {
+            Some(Planned::Now(Job::Reload {
+                revision,
+                previous,
+                strategy,
+                ..
+            })) => {
+                assert_eq!(revision, key_revision(&new).expect("revision"));
+                assert_eq!(previous, loaded);
+                assert_eq!(strategy, ReloadStrategy::Rollout);
+            }
+            _ => panic!("expected a reload now"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_rotators_own_write_is_reloaded_without_waiting_for_the_window() {
+        let old = key_secret("user-key", 1, false, None, 0, "10");
+        let new = key_secret("user-key", 2, false, None, 0, "11");
+        let ctx = user_context(&new, Some(&key_revision(&old).expect("revision")));
+        ctx.note_written("Secret", &new);
+        assert!(matches!(
+            plan(&ctx, &mut Reloads::new(WINDOW), &new),
+            Some(Planned::Now(Job::Reload { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn pods_on_the_current_key_need_no_write_when_the_deployment_records_it() {
+        let current = key_secret("user-key", 1, false, None, 0, "10");
+        let revision = key_revision(&current).expect("revision");
+        // Recorded on the Deployment (its marker): nothing to write, whatever the status says
+        // (the operator's writer may have replaced it).
+        let ctx = user_context(&current, Some(&revision));
+        assert!(plan(&ctx, &mut Reloads::new(WINDOW), &current).is_none());
+        // Recorded nowhere (first sight, no rollout yet): the revision is adopted, no reload.
+        let ctx = user_context(&current, None);
+        assert!(matches!(
+            plan(&ctx, &mut Reloads::new(WINDOW), &current),
+            Some(Planned::Now(Job::Adopt { revision: adopted })) if adopted == revision
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_user_key_is_reported_once_and_never_rolled_out() {
+        let good = key_secret("user-key", 1, false, None, 0, "10");
+        let mut bad = key_secret("user-key", 1, false, None, 0, "11");
+        if let Some(data) = bad.data.as_mut() {
+            data.insert("secret".into(), ByteString(b"%%% not base64 %%%".to_vec()));
+        }
+        let ctx = user_context(&bad, Some(&key_revision(&good).expect("revision")));
+        let mut reloads = Reloads::new(Duration::ZERO);
+        let fingerprint = match plan(&ctx, &mut reloads, &bad) {
+            Some(Planned::Now(Job::Report {
+                fingerprint,
+                condition,
+            })) => {
+                assert_eq!(condition.status, "False");
+                assert_eq!(condition.reason, REASON_INVALID);
+                fingerprint
+            }
+            _ => panic!("expected a report"),
+        };
+        reloads
+            .memory
+            .lock()
+            .expect("memory")
+            .reported
+            .insert(("dns".into(), "a".into()), fingerprint);
+        assert!(plan(&ctx, &mut reloads, &bad).is_none(), "reported once");
+    }
+
+    #[tokio::test]
+    async fn managed_keys_under_rollout_are_left_to_the_rotator() {
+        let created = t0() - chrono::TimeDelta::hours(800);
+        let secret = key_secret("a-rndc-key", 1, true, Some(created), 0, "10");
+        let ctx = context(
+            RotationArgs::default(),
+            vec![instance("a", rotating())],
+            vec![secret.clone()],
+            vec![deployment(None)],
+            t0(),
+        );
+        assert!(plan(&ctx, &mut Reloads::new(Duration::ZERO), &secret).is_none());
+    }
 }

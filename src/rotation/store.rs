@@ -9,21 +9,22 @@
 //! decision was made on as precondition.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 
-use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, Secret, SecretVolumeSource, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
 use super::plan::{ANNOTATION_KEY_REVISION, ANNOTATION_RECORDED_COUNT};
 use crate::api::ANNOTATION_ROTATED_AT;
+use crate::cache::{CacheTask, watch_task};
 
 /// Objects by namespace, then name (lookups borrow both, and each namespace is stored once).
 type Objects<T> = HashMap<Box<str>, HashMap<Box<str>, T>>;
@@ -69,17 +70,24 @@ fn remove<T>(objects: &mut Objects<T>, namespace: &str, name: &str) {
 }
 
 impl<T: Send + Sync + 'static> CompactStore<T> {
-    /// Watches `api` with `config` into a new store, converting every object with `compact`;
-    /// `changed` is notified after every event. The watch retries with backoff for the life of
-    /// the process.
-    pub fn spawn<K>(
+    /// A new store of `api`'s objects (with `config`), each converted with `compact`, and the
+    /// task that keeps it current ([`crate::cache::watch_task`]; `changed` is notified after
+    /// every event) until `stop`.
+    pub fn watch<K>(
         api: Api<K>,
         config: watcher::Config,
         changed: Arc<Notify>,
         compact: fn(K) -> T,
-    ) -> Self
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> (Self, CacheTask)
     where
-        K: Resource + Clone + std::fmt::Debug + DeserializeOwned + Send + 'static,
+        K: Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
     {
         let (ready_tx, ready) = watch::channel(false);
         let store = Self {
@@ -90,22 +98,12 @@ impl<T: Send + Sync + 'static> CompactStore<T> {
             ready,
         };
         let state = store.state.clone();
-        let stream = watcher(api, config).default_backoff();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(event) => {
-                        if apply(&state, event, compact) {
-                            ready_tx.send_replace(true);
-                        }
-                    }
-                    Err(error) => tracing::debug!(%error, "rotator watch error (retrying)"),
-                }
-                changed.notify_one();
+        let task = watch_task(api, config, stop, changed, move |event| {
+            if apply(&state, event, compact) {
+                ready_tx.send_replace(true);
             }
         });
-        store
+        (store, task)
     }
 
     /// A store holding exactly `objects` (`(namespace, name, value)`), already synced.

@@ -23,15 +23,16 @@ use rndc_warden::api::{
     Bind9InstanceSpec, DATA_RNDC_KEY, DATA_SECRET, DEFAULT_KEY_NAME, LABEL_RNDC_KEY,
     LABEL_RNDC_KEY_VALUE, RndcKeyConfig,
 };
+use rndc_warden::cache::{CacheTask, ClusterCache};
 use rndc_warden::metrics::Metrics;
 use rndc_warden::policy::{
     Algorithm, PolicyConfig, format_time, key_facts, key_secret_from_bytes, parse_rndc_key,
     parse_time, rotation_annotations,
 };
+use rndc_warden::probe::Readiness;
 use rndc_warden::rotation::{self, RotationArgs};
 use rndc_warden_testkit::{Identity, TestEnv, apply_crds, poll_until};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 /// Deadline of every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -305,35 +306,70 @@ async fn set_role(client: &Client, name: &str, rules: Vec<PolicyRule>) {
 /// A rotator task with its own metrics; stopped on drop.
 pub struct Rotator {
     pub metrics: Arc<Metrics>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<Result<(), rotation::Error>>,
+}
+
+/// Runs the rotator as `serve` does: beside a `ClusterCache` of its own, whose instance and
+/// cluster stores it reads, until `true` is sent on the returned channel.
+pub fn spawn_rotator(
+    client: Client,
+    args: RotationArgs,
+    metrics: Arc<Metrics>,
+    parts: rotation::Parts,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), rotation::Error>>,
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let signal = move || -> CacheTask {
+            let mut stopped = stopped.clone();
+            Box::pin(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+        };
+        let started = ClusterCache::start(
+            client.clone(),
+            &args.namespaces,
+            Arc::new(Readiness::default()),
+            &signal,
+        )
+        .await;
+        // Dropped (and so stopped) with this task.
+        let mut watches = tokio::task::JoinSet::new();
+        for task in started.tasks {
+            watches.spawn(task);
+        }
+        let shared = started.cache.shared().expect("a connected cache");
+        rotation::run(
+            client,
+            args,
+            PolicyConfig::default(),
+            metrics,
+            parts,
+            shared,
+            signal(),
+        )
+        .await
+    });
+    (stop, task)
 }
 
 impl Rotator {
     pub fn start(client: Client, args: RotationArgs) -> Rotator {
         let metrics = Metrics::new();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(rotation::run(
-            client,
-            args,
-            PolicyConfig::default(),
-            metrics.clone(),
-            None,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let parts = rotation::Parts::real(&client);
+        let (stop, task) = spawn_rotator(client, args, metrics.clone(), parts);
         Rotator {
             metrics,
-            stop: Some(stop),
+            stop,
             task,
         }
     }
 
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
     }
 }
