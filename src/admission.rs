@@ -6,9 +6,11 @@
 //! AdmissionReview whose `uid` echoes the request: malformed requests become denials that say
 //! what is wrong, never a panic or a 500.
 
+pub mod pki;
 pub mod request;
 pub mod review;
 pub mod server;
+pub mod serving_cert;
 pub mod tls;
 
 use std::sync::Arc;

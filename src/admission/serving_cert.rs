@@ -27,7 +27,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
 
-use crate::admission::tls::{self, PemPair, ReloadOutcome, ReloadingTls, TlsError};
+use super::pki::{self, PemPair};
+use super::tls::{ReloadOutcome, ReloadingTls, TlsError};
 
 const TLS_CRT: &str = "tls.crt";
 const TLS_KEY: &str = "tls.key";
@@ -187,9 +188,7 @@ pub fn next_step(
 }
 
 fn not_after_of(pem: &str) -> Option<DateTime<Utc>> {
-    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    let cert = parsed.parse_x509().ok()?;
-    DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+    DateTime::from_timestamp(pki::not_after(pem.as_bytes())?, 0)
 }
 
 /// Splits a PEM bundle into its certificate blocks.
@@ -253,33 +252,29 @@ fn std_to_delta(duration: Duration) -> TimeDelta {
     TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
 }
 
-fn offset_time(at: DateTime<Utc>) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(at.timestamp())
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-}
-
-fn time_delta(delta: TimeDelta) -> time::Duration {
-    time::Duration::seconds(delta.num_seconds().max(1))
+/// At least one second, so a certificate never expires as it is issued.
+fn at_least_a_second(delta: TimeDelta) -> TimeDelta {
+    delta.max(TimeDelta::seconds(1))
 }
 
 fn new_leaf(ca: &Dated, settings: &CertSettings, now: DateTime<Utc>) -> Result<Dated, TlsError> {
     let lifetime = settings.leaf_lifetime.min(ca.not_after - now);
-    let pair = tls::sign_serving_cert(
+    let pair = pki::sign_serving_cert(
         &ca.pair,
         &settings.dns_names,
         &settings.ips,
-        offset_time(now),
-        time_delta(lifetime),
+        now,
+        at_least_a_second(lifetime),
     )?;
     let not_after = not_after_of(&pair.cert).unwrap_or(now + lifetime);
     Ok(Dated { pair, not_after })
 }
 
 fn new_ca(settings: &CertSettings, now: DateTime<Utc>) -> Result<Dated, TlsError> {
-    let pair = tls::new_ca(
+    let pair = pki::new_ca(
         "rndc-warden webhook CA",
-        offset_time(now),
-        time_delta(settings.ca_lifetime),
+        now,
+        at_least_a_second(settings.ca_lifetime),
     )?;
     let not_after = not_after_of(&pair.cert).unwrap_or(now + settings.ca_lifetime);
     Ok(Dated { pair, not_after })
