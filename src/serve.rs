@@ -276,8 +276,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let self_managed = match &client {
-        Some(client) => SelfManagedCerts::from_args(client, &args.certs)
-            .context("self-managed certificate settings")?,
+        Some(client) => {
+            let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+            SelfManagedCerts::from_args(
+                client,
+                &args.certs,
+                pod_namespace.as_deref(),
+                crate::clock::system(),
+            )
+            .context("self-managed certificate settings")?
+        }
         None if args.certs.cert_secret.is_some() => {
             anyhow::bail!("--cert-secret needs cluster credentials, and none were found")
         }
