@@ -6,9 +6,11 @@
 //! AdmissionReview whose `uid` echoes the request: malformed requests become denials that say
 //! what is wrong, never a panic or a 500.
 
+pub mod pki;
 pub mod request;
 pub mod review;
 pub mod server;
+pub mod serving_cert;
 pub mod tls;
 
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::metrics::{AdmissionLabels, Decision, Endpoint, EndpointLabels, Metrics};
+use crate::metrics::{AdmissionLabels, AdmissionOutcome, Endpoint, EndpointLabels, Metrics};
 pub use request::{Malformed, ReviewRequest, V1, parse_body};
 pub use review::AdmissionPolicy;
 
@@ -251,7 +253,7 @@ fn invalid_labels(endpoint: Endpoint) -> AdmissionLabels {
         endpoint,
         kind: "unknown",
         operation: "unknown",
-        decision: Decision::Invalid,
+        decision: AdmissionOutcome::Invalid,
     }
 }
 
@@ -383,23 +385,23 @@ fn answer(
     let mut response = ResponseBody::allowed(&request.uid);
     let decision = if let Some(message) = verdict.denial {
         response.deny(message);
-        Decision::Denied
+        AdmissionOutcome::Denied
     } else if let Some(patch) = verdict.patch {
         match serde_json::to_vec(&patch) {
             Ok(bytes) => {
                 use base64::Engine as _;
                 response.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
                 response.patch_type = Some("JSONPatch");
-                Decision::Patched
+                AdmissionOutcome::Patched
             }
             Err(error) => {
                 tracing::error!(uid = %request.uid, %error, "could not encode the JSON patch");
                 response.deny("rndc-warden could not encode its patch; see its logs".to_owned());
-                Decision::Denied
+                AdmissionOutcome::Denied
             }
         }
     } else {
-        Decision::Allowed
+        AdmissionOutcome::Allowed
     };
     if !verdict.warnings.is_empty() {
         response.warnings = Some(verdict.warnings);

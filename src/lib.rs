@@ -8,10 +8,10 @@
 //!   `rndc.key`, annotation stamping, the rotation schedule). No I/O, no clock, no randomness.
 //! - [`config`]: command-line and environment settings shared by every front end.
 //! - [`check`]: the offline `check` command for CI and GitOps pipelines.
-//! - [`admission`]: the HTTPS admission server (router, policy adapter, TLS, accept loop).
+//! - [`admission`]: the HTTPS admission server (router, policy adapter, TLS, accept loop) and its
+//!   self-managed serving certificates (Secret, caBundle, renewal).
 //! - [`cache`]: watch caches that answer admission lookups without API calls.
 //! - [`serve`]: the `serve` command wiring admission, probes, caches and the rotator together.
-//! - [`serving_cert`]: self-managed serving certificates (Secret, caBundle, renewal).
 //! - [`probe`] and [`metrics`]: the plain-HTTP probe port and the Prometheus metrics.
 //! - [`cli`]: the command line and the dispatch to each command.
 //! - [`telemetry`]: logging setup.
@@ -30,5 +30,4 @@ pub mod probe;
 pub mod rotate;
 pub mod rotation;
 pub mod serve;
-pub mod serving_cert;
 pub mod telemetry;

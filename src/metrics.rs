@@ -23,7 +23,7 @@ pub enum Endpoint {
 
 /// The outcome of one admission request.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Decision {
+pub enum AdmissionOutcome {
     /// Allowed without a patch.
     Allowed,
     /// Allowed with a JSON patch.
@@ -44,7 +44,7 @@ impl Endpoint {
     }
 }
 
-impl Decision {
+impl AdmissionOutcome {
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,7 +62,7 @@ impl EncodeLabelValue for Endpoint {
     }
 }
 
-impl EncodeLabelValue for Decision {
+impl EncodeLabelValue for AdmissionOutcome {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         encoder.write_str(self.as_str())
     }
@@ -78,8 +78,8 @@ pub struct AdmissionLabels {
     pub kind: &'static str,
     /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT` or `unknown`.
     pub operation: &'static str,
-    /// The decision.
-    pub decision: Decision,
+    /// The outcome (label `decision`).
+    pub decision: AdmissionOutcome,
 }
 
 /// Labels for a result that either succeeded or failed.
@@ -404,7 +404,7 @@ mod tests {
                 endpoint: Endpoint::Validate,
                 kind: "Bind9Instance",
                 operation: "CREATE",
-                decision: Decision::Denied,
+                decision: AdmissionOutcome::Denied,
             })
             .inc();
         let text = metrics.encode();

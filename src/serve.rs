@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admission::server::{ConnectionLimits, serve_tls};
+use crate::admission::serving_cert::{SelfManagedCertArgs, SelfManagedCerts};
 use crate::admission::tls::{self, ReloadOutcome, ReloadingTls, TlsFiles};
 use crate::admission::{self, AdmissionPolicy, AdmissionState, RequestLimits};
 use crate::cache::ClusterCache;
@@ -19,7 +20,6 @@ use crate::config::{PolicyArgs, parse_duration};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::probe::{self, Readiness};
 use crate::rotation::RotationArgs;
-use crate::serving_cert::{SelfManagedCertArgs, SelfManagedCerts};
 
 /// Flags of `serve`.
 #[derive(Debug, Clone, Args)]
@@ -276,8 +276,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let self_managed = match &client {
-        Some(client) => SelfManagedCerts::from_args(client, &args.certs)
-            .context("self-managed certificate settings")?,
+        Some(client) => {
+            let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+            SelfManagedCerts::from_args(
+                client,
+                &args.certs,
+                pod_namespace.as_deref(),
+                crate::clock::system(),
+            )
+            .context("self-managed certificate settings")?
+        }
         None if args.certs.cert_secret.is_some() => {
             anyhow::bail!("--cert-secret needs cluster credentials, and none were found")
         }

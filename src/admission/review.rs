@@ -2,9 +2,6 @@
 //! up what the rules need in the watch caches (never the API), call the policy, and say what to
 //! answer. No I/O here either, so every rule is testable in-process.
 
-use std::sync::Arc;
-
-use chrono::{DateTime, Utc};
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::admission::Operation;
@@ -13,6 +10,7 @@ use super::request::{HandledKind, RequestObject, ReviewRequest};
 
 use crate::api::{Bind9Cluster, Bind9ClusterSpec, Bind9Instance, ClusterBind9Provider, GROUP};
 use crate::cache::{ClusterCache, ClusterRefTarget, Lookup};
+use crate::clock::{self, Clock};
 use crate::metrics::Endpoint;
 use crate::policy::{
     self, EffectiveKeyConfig, Mutation, PolicyConfig, SecretChange, Validation, shown,
@@ -59,7 +57,7 @@ impl AdmissionVerdict {
 pub struct AdmissionPolicy {
     config: PolicyConfig,
     cache: ClusterCache,
-    clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for AdmissionPolicy {
@@ -74,15 +72,11 @@ impl std::fmt::Debug for AdmissionPolicy {
 impl AdmissionPolicy {
     /// A policy reading lookups from `cache` and the time from the system clock.
     pub fn new(config: PolicyConfig, cache: ClusterCache) -> Self {
-        Self::with_clock(config, cache, Arc::new(Utc::now))
+        Self::with_clock(config, cache, clock::system())
     }
 
     /// A policy with an injected clock (tests).
-    pub fn with_clock(
-        config: PolicyConfig,
-        cache: ClusterCache,
-        clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
-    ) -> Self {
+    pub fn with_clock(config: PolicyConfig, cache: ClusterCache, clock: Clock) -> Self {
         Self {
             config,
             cache,

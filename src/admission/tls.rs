@@ -5,20 +5,17 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration as StdDuration;
+use std::time::Duration;
 
-use time::Duration;
-
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use chrono::{TimeDelta, Utc};
 use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
+
+use super::pki::{self, PemPair};
 
 /// Why TLS material could not be loaded or generated.
 #[derive(Debug, thiserror::Error)]
@@ -77,71 +74,6 @@ pub struct GeneratedTls {
     pub ca_pem: String,
 }
 
-/// A certificate and its private key, as PEM text.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PemPair {
-    /// The certificate.
-    pub cert: String,
-    /// The private key (PKCS#8).
-    pub key: String,
-}
-
-impl std::fmt::Debug for PemPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PemPair")
-            .field("cert", &self.cert.len())
-            .field("key", &"<redacted>")
-            .finish()
-    }
-}
-
-/// Generates a CA valid from an hour before `now` until `now + lifetime`.
-pub fn new_ca(
-    common_name: &str,
-    now: time::OffsetDateTime,
-    lifetime: Duration,
-) -> Result<PemPair, TlsError> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = distinguished_name(common_name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + lifetime;
-    let cert = params.self_signed(&key)?;
-    Ok(PemPair {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    })
-}
-
-/// Signs a serving certificate for `dns_names` and `ips` with `ca`, valid from an hour before
-/// `now` until `now + lifetime`.
-pub fn sign_serving_cert(
-    ca: &PemPair,
-    dns_names: &[String],
-    ips: &[IpAddr],
-    now: time::OffsetDateTime,
-    lifetime: Duration,
-) -> Result<PemPair, TlsError> {
-    let ca_key = KeyPair::from_pem(&ca.key)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
-    let key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(dns_names.to_vec())?;
-    leaf.subject_alt_names
-        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-    leaf.distinguished_name = distinguished_name(dns_names.first().map_or("rndc-warden", |n| n));
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.not_before = now - time::Duration::hours(1);
-    leaf.not_after = now + lifetime;
-    let cert = leaf.signed_by(&key, &issuer)?;
-    Ok(PemPair {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    })
-}
-
 /// Generates a CA and a serving certificate for `dns_names` and `ips` (valid for `days`), and
 /// writes `ca.crt`, `tls.crt` and `tls.key` into `dir` (the key with mode 0600).
 pub fn generate_self_signed(
@@ -150,10 +82,10 @@ pub fn generate_self_signed(
     ips: &[IpAddr],
     days: i64,
 ) -> Result<GeneratedTls, TlsError> {
-    let lifetime = time::Duration::days(days);
-    let now = time_now();
-    let ca = new_ca("rndc-warden webhook CA", now, lifetime)?;
-    let leaf = sign_serving_cert(&ca, dns_names, ips, now, lifetime)?;
+    let lifetime = TimeDelta::days(days);
+    let now = Utc::now();
+    let ca = pki::new_ca("rndc-warden webhook CA", now, lifetime)?;
+    let leaf = pki::sign_serving_cert(&ca, dns_names, ips, now, lifetime)?;
     std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
         path: dir.to_path_buf(),
         source,
@@ -172,16 +104,6 @@ pub fn generate_self_signed(
         ca_path,
         ca_pem: ca.cert,
     })
-}
-
-fn distinguished_name(common_name: &str) -> DistinguishedName {
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, common_name);
-    name
-}
-
-fn time_now() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -241,9 +163,7 @@ impl Material {
 
     /// When the leaf (first) certificate expires, in Unix seconds; `None` when it does not parse.
     fn not_after(&self) -> Option<i64> {
-        let (_, pem) = x509_parser::pem::parse_x509_pem(&self.cert).ok()?;
-        let cert = pem.parse_x509().ok()?;
-        Some(cert.validity().not_after.timestamp())
+        pki::not_after(&self.cert)
     }
 
     fn fingerprint(&self) -> Fingerprint {
@@ -476,7 +396,7 @@ impl ReloadingTls {
     /// Checks the files every `interval` until `shutdown` resolves, reporting each outcome.
     pub async fn watch(
         self: Arc<Self>,
-        interval: StdDuration,
+        interval: Duration,
         mut on_outcome: impl FnMut(ReloadOutcome) + Send,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
@@ -562,12 +482,9 @@ mod tests {
         std::fs::copy(&fresh.files.key, &tls.files.key).expect("copy");
         assert_eq!(reloading.reload(), ReloadOutcome::Reloaded);
         assert!(!Arc::ptr_eq(&before, &reloading.config()));
-        let expected = time_now() + time::Duration::days(30);
+        let expected = Utc::now() + TimeDelta::days(30);
         let not_after = reloading.not_after().expect("leaf expiry");
-        assert!(
-            (not_after - expected.unix_timestamp()).abs() < 60,
-            "{not_after}"
-        );
+        assert!((not_after - expected.timestamp()).abs() < 60, "{not_after}");
 
         let good = reloading.config();
         std::fs::write(&tls.files.cert, "garbage").expect("write");

@@ -27,7 +27,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
 
-use crate::admission::tls::{self, PemPair, ReloadOutcome, ReloadingTls, TlsError};
+use super::pki::{self, PemPair};
+use super::tls::{ReloadOutcome, ReloadingTls, TlsError};
+use crate::clock::Clock;
 
 const TLS_CRT: &str = "tls.crt";
 const TLS_KEY: &str = "tls.key";
@@ -46,7 +48,8 @@ pub struct SelfManagedCertArgs {
     /// the webhook configurations and renew before expiry. Off when unset.
     #[arg(long, env = "RNDC_WARDEN_CERT_SECRET")]
     pub cert_secret: Option<String>,
-    /// Namespace of the certificate Secret (default: `POD_NAMESPACE`, else the client's default).
+    /// Namespace of the certificate Secret (default: the pod's namespace, else the client's
+    /// default).
     #[arg(long, env = "RNDC_WARDEN_CERT_NAMESPACE")]
     pub cert_namespace: Option<String>,
     /// Mutating and validating webhook configurations whose caBundle is kept current.
@@ -187,9 +190,7 @@ pub fn next_step(
 }
 
 fn not_after_of(pem: &str) -> Option<DateTime<Utc>> {
-    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    let cert = parsed.parse_x509().ok()?;
-    DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+    DateTime::from_timestamp(pki::not_after(pem.as_bytes())?, 0)
 }
 
 /// Splits a PEM bundle into its certificate blocks.
@@ -253,33 +254,29 @@ fn std_to_delta(duration: Duration) -> TimeDelta {
     TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
 }
 
-fn offset_time(at: DateTime<Utc>) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(at.timestamp())
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-}
-
-fn time_delta(delta: TimeDelta) -> time::Duration {
-    time::Duration::seconds(delta.num_seconds().max(1))
+/// At least one second, so a certificate never expires as it is issued.
+fn at_least_a_second(delta: TimeDelta) -> TimeDelta {
+    delta.max(TimeDelta::seconds(1))
 }
 
 fn new_leaf(ca: &Dated, settings: &CertSettings, now: DateTime<Utc>) -> Result<Dated, TlsError> {
     let lifetime = settings.leaf_lifetime.min(ca.not_after - now);
-    let pair = tls::sign_serving_cert(
+    let pair = pki::sign_serving_cert(
         &ca.pair,
         &settings.dns_names,
         &settings.ips,
-        offset_time(now),
-        time_delta(lifetime),
+        now,
+        at_least_a_second(lifetime),
     )?;
     let not_after = not_after_of(&pair.cert).unwrap_or(now + lifetime);
     Ok(Dated { pair, not_after })
 }
 
 fn new_ca(settings: &CertSettings, now: DateTime<Utc>) -> Result<Dated, TlsError> {
-    let pair = tls::new_ca(
+    let pair = pki::new_ca(
         "rndc-warden webhook CA",
-        offset_time(now),
-        time_delta(settings.ca_lifetime),
+        now,
+        at_least_a_second(settings.ca_lifetime),
     )?;
     let not_after = not_after_of(&pair.cert).unwrap_or(now + settings.ca_lifetime);
     Ok(Dated { pair, not_after })
@@ -372,6 +369,7 @@ pub struct SelfManagedCerts {
     webhook_configs: Vec<String>,
     settings: CertSettings,
     check_interval: Duration,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for SelfManagedCerts {
@@ -389,10 +387,14 @@ fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> CertError
 }
 
 impl SelfManagedCerts {
-    /// Prepares the loop from the flags; `None` when the mode is off.
+    /// Prepares the loop from the flags; `None` when the mode is off. The Secret lives in
+    /// `--cert-namespace`, else `pod_namespace`, else the client's default namespace; `clock`
+    /// dates every decision and certificate.
     pub fn from_args(
         client: &Client,
         args: &SelfManagedCertArgs,
+        pod_namespace: Option<&str>,
+        clock: Clock,
     ) -> Result<Option<Self>, CertError> {
         let Some(secret_name) = args.cert_secret.clone() else {
             return Ok(None);
@@ -400,7 +402,7 @@ impl SelfManagedCerts {
         let namespace = args
             .cert_namespace
             .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| pod_namespace.map(str::to_owned))
             .unwrap_or_else(|| client.default_namespace().to_owned());
         if args.cert_dns_names.is_empty() {
             return Err(CertError::Settings(
@@ -428,6 +430,7 @@ impl SelfManagedCerts {
                 ips,
             },
             check_interval: args.cert_check_interval,
+            clock,
         }))
     }
 
@@ -476,7 +479,7 @@ impl SelfManagedCerts {
     /// One pass: read, decide, write the Secret (with a resourceVersion precondition), then make
     /// every webhook configuration trust the bundle. Returns the state now in the Secret.
     async fn pass(&self) -> Result<CertState, CertError> {
-        let now = Utc::now();
+        let now = (self.clock)();
         let existing = self
             .secrets
             .get_opt(&self.secret_name)
@@ -637,6 +640,16 @@ fn set_bundles<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock;
+
+    /// The clock the tests start from.
+    fn start() -> Clock {
+        clock::fixed(
+            DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
+                .expect("time")
+                .with_timezone(&Utc),
+        )
+    }
 
     fn settings() -> CertSettings {
         CertSettings {
@@ -656,7 +669,7 @@ mod tests {
 
     #[test]
     fn a_missing_secret_is_created_with_a_leaf_signed_by_a_trusted_ca() {
-        let now = Utc::now();
+        let now = start()();
         assert_eq!(next_step(None, &settings(), false, now), CertStep::Create);
         let state = state_at(now);
         assert_eq!(state.trusted.len(), 1);
@@ -670,7 +683,7 @@ mod tests {
 
     #[test]
     fn the_state_round_trips_through_a_secret() {
-        let now = Utc::now();
+        let now = start()();
         let staged = apply_step(CertStep::StageNextCa, Some(state_at(now)), &settings(), now)
             .expect("stage")
             .expect("state");
@@ -687,7 +700,7 @@ mod tests {
 
     #[test]
     fn ca_rotation_stages_then_waits_for_trust_and_delay_then_promotes_then_prunes() {
-        let start = Utc::now();
+        let start = start()();
         let s = settings();
         let state = state_at(start);
         let late = state.signing.not_after - TimeDelta::days(9);
@@ -744,7 +757,7 @@ mod tests {
 
     #[test]
     fn a_leaf_nearing_expiry_is_renewed_by_the_same_ca() {
-        let now = Utc::now();
+        let now = start()();
         let state = state_at(now);
         let late = state.leaf.not_after - TimeDelta::days(2);
         assert_eq!(
@@ -760,7 +773,7 @@ mod tests {
 
     #[test]
     fn pem_bundles_split_into_blocks() {
-        let now = Utc::now();
+        let now = start()();
         let a = state_at(now).signing.pair.cert;
         let b = state_at(now).signing.pair.cert;
         let blocks = pem_blocks(&format!("{a}{b}"));
@@ -770,8 +783,22 @@ mod tests {
 
     #[test]
     fn keys_are_redacted_in_debug_output() {
-        let state = state_at(Utc::now());
+        let state = state_at(start()());
         let text = format!("{state:?}");
         assert!(!text.contains("PRIVATE KEY"), "{text}");
+    }
+
+    #[test]
+    fn the_leaf_is_renewed_once_a_third_of_its_lifetime_is_left_and_an_expired_ca_starts_over() {
+        let s = settings();
+        let state = state_at(start()());
+        let renew_at = state.leaf.not_after - s.leaf_lifetime / 3;
+        let step_at = |at: DateTime<Utc>| next_step(Some(&state), &s, false, at);
+        assert_eq!(step_at(renew_at - TimeDelta::seconds(1)), CertStep::Nothing);
+        assert_eq!(
+            step_at(renew_at + TimeDelta::seconds(1)),
+            CertStep::RenewLeaf
+        );
+        assert_eq!(step_at(state.signing.not_after), CertStep::Create);
     }
 }

@@ -140,18 +140,18 @@ mod tests {
 
     #[test]
     fn full_upstream_instances_round_trip_unchanged() {
-        round_trip::<Bind9Instance>(include_str!("../../tests/fixtures/upstream/instances.yaml"));
+        round_trip::<Bind9Instance>(include_str!("../tests/fixtures/upstream/instances.yaml"));
     }
 
     #[test]
     fn full_upstream_clusters_round_trip_unchanged() {
-        round_trip::<Bind9Cluster>(include_str!("../../tests/fixtures/upstream/clusters.yaml"));
+        round_trip::<Bind9Cluster>(include_str!("../tests/fixtures/upstream/clusters.yaml"));
     }
 
     #[test]
     fn full_upstream_provider_round_trips_unchanged() {
         round_trip::<ClusterBind9Provider>(include_str!(
-            "../../tests/fixtures/upstream/provider.yaml"
+            "../tests/fixtures/upstream/provider.yaml"
         ));
     }
 
