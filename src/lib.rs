@@ -3,18 +3,30 @@
 //! leader-elected rotator that provisions and rotates keys, and CLI commands over the same rules.
 //!
 //! # Layout
-//! - [`api`]: the `Bind9Instance` / `Bind9Cluster` types, status and annotation keys.
-//! - [`policy`]: the pure rules (durations, algorithms, precedence, defaulting, validation,
-//!   `rndc.key`, annotation stamping, the rotation schedule). No I/O, no clock, no randomness.
-//! - [`config`]: command-line and environment settings shared by every front end.
-//! - [`check`]: the offline `check` command for CI and GitOps pipelines.
-//! - [`admission`]: the HTTPS admission server (router, policy adapter, TLS, accept loop) and its
-//!   self-managed serving certificates (Secret, caBundle, renewal).
-//! - [`cache`]: watch caches that answer admission lookups without API calls.
-//! - [`serve`]: the `serve` command wiring admission, probes, caches and the rotator together.
+//! Imports point down this list's groups, never back up (docs/development.md, "Layout").
+//!
+//! Commands (one module each, dispatched by [`cli`]):
+//! - [`check`]: offline `check` for CI and GitOps pipelines (input, evaluation, rendering).
+//! - [`audit`]: the compliance report; [`rotate`]: the manual trigger.
+//! - [`serve`]: wires admission, probes, caches and the rotator together; reads the
+//!   environment and the clock once.
+//!
+//! Adapters:
+//! - [`admission`]: the HTTPS admission server (router, policy adapter, accept loop), its TLS
+//!   and self-managed serving certificates.
+//! - [`cache`]: watch caches that answer admission lookups without API calls, and the one
+//!   watch loop of the process.
+//! - [`rotation`]: the leader-elected rotator and reloader (scheduler, reconcile, reloader,
+//!   context and caches; pure planning in `plan`, `reload`, `naming`).
 //! - [`probe`] and [`metrics`]: the plain-HTTP probe port and the Prometheus metrics.
-//! - [`cli`]: the command line and the dispatch to each command.
 //! - [`telemetry`]: logging setup.
+//!
+//! Core:
+//! - [`policy`]: the pure rules (durations, algorithms, precedence, defaulting, validation,
+//!   `rndc.key`, annotation stamping, the rotation schedule and rate limit). No I/O, no clock,
+//!   no randomness.
+//! - [`api`]: the `Bind9Instance` / `Bind9Cluster` types, status and annotation keys.
+//! - [`config`]: settings shared by every front end; [`clock`]: the injected clock.
 
 pub mod admission;
 pub mod api;

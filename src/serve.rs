@@ -262,6 +262,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         move || -> StopFuture { Box::pin(stopped(rx.clone())) }
     };
 
+    // The environment and the clock, read once here for every component.
+    let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+    let host = std::env::var("HOSTNAME").ok();
+    let clock = crate::clock::system();
+
     let mut tasks = tokio::task::JoinSet::new();
     let client = if args.no_cluster {
         tracing::info!("--no-cluster: admission only, rotator off");
@@ -276,16 +281,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let self_managed = match &client {
-        Some(client) => {
-            let pod_namespace = std::env::var("POD_NAMESPACE").ok();
-            SelfManagedCerts::from_args(
-                client,
-                &args.certs,
-                pod_namespace.as_deref(),
-                crate::clock::system(),
-            )
-            .context("self-managed certificate settings")?
-        }
+        Some(client) => SelfManagedCerts::from_args(
+            client,
+            &args.certs,
+            pod_namespace.as_deref(),
+            clock.clone(),
+        )
+        .context("self-managed certificate settings")?,
         None if args.certs.cert_secret.is_some() => {
             anyhow::bail!("--cert-secret needs cluster credentials, and none were found")
         }
@@ -335,17 +337,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let mut rotation = args.rotation.clone();
             rotation.namespaces = args.watch_namespaces.clone();
             rotation.resolve(
-                std::env::var("POD_NAMESPACE").ok(),
+                pod_namespace.clone(),
                 client.default_namespace(),
-                std::env::var("HOSTNAME").ok(),
+                host.clone(),
                 rand::random(),
             );
+            let parts = crate::rotation::Parts {
+                clock: clock.clone(),
+                ..crate::rotation::Parts::real(client)
+            };
             let rotator = crate::rotation::run(
                 client.clone(),
                 rotation,
                 policy_config.clone(),
                 metrics.clone(),
-                crate::rotation::Parts::real(client),
+                parts,
                 shared,
                 stop_signal(),
             );
@@ -361,7 +367,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let state = AdmissionState {
-        policy: Arc::new(AdmissionPolicy::new(policy_config, cache.clone())),
+        policy: Arc::new(AdmissionPolicy::with_clock(
+            policy_config,
+            cache.clone(),
+            clock.clone(),
+        )),
         metrics: metrics.clone(),
     };
     let router = admission::router(
