@@ -236,6 +236,13 @@ pub(super) fn strategy_of(ctx: &Context, instance: &Bind9Instance) -> ReloadStra
     ReloadStrategy::for_instance(instance.annotations(), ctx.args.reload_strategy)
 }
 
+/// Whether the rotator itself rolls this instance's Deployment onto a new key: only for managed
+/// Secrets (it made the change) and the `rollout` strategy. Changes to user Secrets, and every
+/// reload under `signal`, go through the reloader (validation, debounce, SIGHUP).
+pub(super) fn rotator_rolls(ctx: &Context, member: &Member) -> bool {
+    member.user.config.is_managed() && strategy_of(ctx, &member.instance) == ReloadStrategy::Rollout
+}
+
 /// Merges a status body into an instance: `body(current)` says what to write, or `None` when the
 /// status is already right ([`fenced_patch`] on the `status` subresource). `sends_own`: whether
 /// the body may carry rndc-warden's own fields (so a reply without them teaches that the

@@ -13,14 +13,13 @@ use serde_json::json;
 
 use super::context::{
     Context, Member, SecretRef, Subresource, fenced_patch, is_status, patch_instance_status,
-    publish,
+    publish, rotator_rolls,
 };
 use super::keys::generate;
 use super::plan::{
     SecretUser, annotate_patch, governing, key_status, needs_roll, needs_roll_after_rotation,
     plan_secret, record_stale, render_provision, rollout_patch, rotation_patch, status_in_sync,
 };
-use super::scheduler::rotator_rolls;
 use super::{Error, FIELD_MANAGER};
 use crate::api::{
     Bind9Instance, EVENT_RNDC_KEY_ROTATED, EVENT_RNDC_KEY_ROTATION_FAILED, RndcKeyRotationStatus,

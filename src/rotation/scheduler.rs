@@ -17,14 +17,13 @@ use tokio::task::JoinSet;
 
 use super::Error;
 use super::caches::lookup;
-use super::context::{Context, Member, SecretRef, strategy_of};
+use super::context::{Context, Member, SecretRef, rotator_rolls};
 use super::plan::{
     SecretUser, governing, key_status, needs_roll, plan_secret, record_of, record_stale,
     seconds_until, status_in_sync,
 };
 use super::queue::{Taken, WorkQueue};
 use super::reconcile::reconcile;
-use super::reload::ReloadStrategy;
 use super::reloader::Reloads;
 use crate::api::Bind9Instance;
 use crate::metrics::InstanceLabels;
@@ -233,13 +232,6 @@ fn key_gauges(
             ctx.metrics.rotation_seconds_until.remove(&labels);
         }
     }
-}
-
-/// Whether the rotator itself rolls this instance's Deployment onto a new key: only for managed
-/// Secrets (it made the change) and the `rollout` strategy. Changes to user Secrets, and every
-/// reload under `signal`, go through the reloader (validation, debounce, SIGHUP).
-pub(super) fn rotator_rolls(ctx: &Context, member: &Member) -> bool {
-    member.user.config.is_managed() && strategy_of(ctx, &member.instance) == ReloadStrategy::Rollout
 }
 
 /// Whether an instance's Deployment is to be rolled onto the key in `secret`.
