@@ -272,6 +272,14 @@ pub(super) async fn patch_instance_status(
     Ok(())
 }
 
+/// Patch parameters of every rotator write: rndc-warden's field manager.
+pub(super) fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
 /// What [`fenced_patch`] patches.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Subresource {
@@ -306,10 +314,7 @@ where
         };
         format!("{} {namespace}/{name}{suffix}", K::kind(&()))
     };
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
+    let params = patch_params();
     let mut current = cached;
     for _ in 0..3 {
         let Some(object) = current.as_ref() else {

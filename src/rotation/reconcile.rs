@@ -7,13 +7,13 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PostParams};
 use kube::runtime::events::EventType;
 use serde_json::json;
 
 use super::context::{
     Context, Member, SecretRef, Subresource, fenced_patch, is_status, patch_instance_status,
-    publish, rotator_rolls,
+    patch_params, publish, rotator_rolls,
 };
 use super::keys::generate;
 use super::plan::{
@@ -241,10 +241,7 @@ async fn patch_secret(
         return Err(Error::Refused(format!("{} has no resourceVersion", what())));
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
+    let params = patch_params();
     match ctx
         .call(
             "patch",

@@ -9,16 +9,17 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use kube::runtime::events::EventType;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::Error;
 use super::context::{
     Context, Member, SecretRef, Subresource, fenced_patch, is_status, patch_instance_status,
-    publish, strategy_of,
+    patch_params, publish, strategy_of,
 };
 use super::exec::{SignalOutcome, SignalRequest, signal_pods};
 use super::plan::{key_fingerprint, marker_covers, marker_of, record_of, rollout_patch};
@@ -27,7 +28,6 @@ use super::reload::{
     REASON_RELOADED, ReloadAction, ReloadStrategy, Settled, decide, expected_key_digest,
 };
 use super::store::KeySecret;
-use super::{Error, FIELD_MANAGER};
 use crate::api::{Bind9Instance, EVENT_RNDC_SECRET_RELOAD_FAILED, EVENT_RNDC_SECRET_RELOADED};
 use crate::policy::key_revision;
 
@@ -705,10 +705,7 @@ async fn record(
         meta.remove("resourceVersion");
     }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
+    let params = patch_params();
     match ctx
         .call(
             "patch",
