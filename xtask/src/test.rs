@@ -1,8 +1,8 @@
 //! `cargo xtask test`: everything the test suite needs on a fresh Debian/Ubuntu machine, then
 //! every test. As root it installs the missing Debian packages (BIND9 for the host and pod
 //! tests, gcc/libseccomp-dev for runc, debootstrap for the BIND9 image, `time`), builds or reuses
-//! the cached Kubernetes binaries, the node's binaries and images, the Bindy operator, promtool
-//! and cert-manager, and
+//! the cached Kubernetes binaries, the node's binaries and images, the Bindy operator, promtool,
+//! cert-manager and the rndc-warden image (the one release build), and
 //! runs `cargo test --workspace --locked --no-fail-fast` with their locations in the
 //! environment. Not root: it says why it needs root and stops.
 
@@ -30,6 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libseccomp-dev", "/usr/include/seccomp.h"),
     ("debootstrap", "/usr/sbin/debootstrap"),
     ("time", "/usr/bin/time"),
+    ("iproute2", "/usr/sbin/ip"),
 ];
 
 /// The build scripts, the variable each result goes into, and what they build.
@@ -55,6 +56,11 @@ const BUILDS: &[(&str, &str, &str)] = &[
         "scripts/cert-manager-bins.sh",
         "CERT_MANAGER_BIN_DIR",
         "cert-manager's controller and cainjector",
+    ),
+    (
+        "scripts/warden-image.sh",
+        "WARDEN_IMAGE_DIR",
+        "the rndc-warden image (the static release binary)",
     ),
 ];
 
