@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds (once) the binaries of a real Kubernetes node for the node end-to-end tests, from the Go
 # module proxy: kube-controller-manager, kube-scheduler and kubelet (k8s.io/kubernetes), containerd,
-# ctr and containerd-shim-runc-v2, runc (cgo: needs gcc and libseccomp-dev) and the CNI loopback
-# plugin. They are cached outside the work tree, keyed by version, and rebuilt only when missing.
+# ctr and containerd-shim-runc-v2, runc (cgo: needs gcc and libseccomp-dev) and the CNI loopback,
+# bridge and host-local plugins. They are cached outside the work tree, keyed by version, and
+# rebuilt only when missing.
 # Prints the binary directory on its last line (use it as NODE_BIN_DIR).
 set -euo pipefail
 
@@ -76,12 +77,17 @@ if ! have runc "$RUNC_VERSION"; then
   stamp runc "$RUNC_VERSION"
 fi
 
-if ! have loopback "$CNI_VERSION"; then
-  cd "$root/tools/cni-plugins"
-  log "building the CNI loopback plugin $CNI_VERSION"
-  CGO_ENABLED=0 timed loopback go build -trimpath -ldflags "-s -w" -o "$out/loopback" \
-    github.com/containernetworking/plugins/plugins/main/loopback
-  stamp loopback "$CNI_VERSION"
-fi
+# loopback for every pod; bridge and host-local for the pod network of a node that runs in a
+# network namespace of its own (testkit NodeOptions::pod_network, tests/e2e_stack.rs).
+for plugin in main/loopback main/bridge ipam/host-local; do
+  bin=${plugin#*/}
+  if ! have "$bin" "$CNI_VERSION"; then
+    cd "$root/tools/cni-plugins"
+    log "building the CNI $bin plugin $CNI_VERSION"
+    CGO_ENABLED=0 timed "$bin" go build -trimpath -ldflags "-s -w" -o "$out/$bin" \
+      "github.com/containernetworking/plugins/plugins/$plugin"
+    stamp "$bin" "$CNI_VERSION"
+  fi
+done
 
 echo "$out"

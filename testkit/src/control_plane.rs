@@ -41,6 +41,11 @@ pub struct ControlPlaneOptions {
     /// (`node.kubeconfig`, `system:node:<name>` in `system:nodes`). Off by default: nothing
     /// else changes for clients without it.
     pub node: bool,
+    /// Pods have addresses of their own (a node started with
+    /// [`crate::node::NodeOptions::pod_network`]) and there is no kube-proxy: the apiserver calls
+    /// a Service (a webhook's `service` reference) at its endpoints' addresses
+    /// (`--enable-aggregator-routing`) rather than at its ClusterIP.
+    pub pod_network: bool,
 }
 
 impl Default for ControlPlaneOptions {
@@ -51,6 +56,7 @@ impl Default for ControlPlaneOptions {
             start_timeout: DEFAULT_START_TIMEOUT,
             binaries: None,
             node: false,
+            pod_network: false,
         }
     }
 }
@@ -101,6 +107,14 @@ pub struct ControlPlane {
     lifetime: Lifetime,
     start_timeout: Duration,
     node_kubeconfig: Option<PathBuf>,
+    features: ApiserverFeatures,
+}
+
+/// What the apiserver is started for, beyond a bare control plane (the same on every restart).
+#[derive(Debug, Clone, Copy)]
+struct ApiserverFeatures {
+    node: bool,
+    pod_network: bool,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -159,7 +173,10 @@ impl ControlPlane {
             false,
         )?;
         let serving_ca = TestCa::new("e2e-apiserver-ca")?;
+        // The `kubernetes` Service's address too: pods with their own network reach the
+        // apiserver there (crate::node::NodeOptions::pod_network).
         let serving = serving_ca.server_cert(&[
+            crate::pod_network::KUBERNETES_SERVICE_IP,
             "kubernetes",
             "kubernetes.default",
             "kubernetes.default.svc",
@@ -243,7 +260,11 @@ impl ControlPlane {
         }
 
         let api_log = run_dir.join("kube-apiserver.log");
-        let api = apiserver_command(&bins, &pki, &server_url, etcd_port, api_port, options.node);
+        let features = ApiserverFeatures {
+            node: options.node,
+            pod_network: options.pod_network,
+        };
+        let api = apiserver_command(&bins, &pki, &server_url, etcd_port, api_port, features);
         processes.push(ManagedProcess::spawn(
             "kube-apiserver",
             api,
@@ -278,6 +299,7 @@ impl ControlPlane {
             lifetime: options.lifetime,
             start_timeout: options.start_timeout,
             node_kubeconfig,
+            features,
         })
     }
 
@@ -416,7 +438,7 @@ impl ControlPlane {
             &self.server_url,
             self.etcd_port,
             self.api_port,
-            self.node_kubeconfig.is_some(),
+            self.features,
         );
         let api_log = self.run_dir.join("kube-apiserver.log");
         let lifetime = self.lifetime;
@@ -629,7 +651,7 @@ fn apiserver_command(
     server_url: &str,
     etcd_port: u16,
     api_port: u16,
-    node: bool,
+    features: ApiserverFeatures,
 ) -> Command {
     let mut api = Command::new(&bins.kube_apiserver);
     let p = |name: &str| pki.join(name).display().to_string();
@@ -650,13 +672,21 @@ fn apiserver_command(
         ))
         .arg("--service-cluster-ip-range=10.0.0.0/24")
         .arg("--allow-privileged=true")
-        .arg("--disable-admission-plugins=ServiceAccount")
         .arg("--v=1");
+    if !features.pod_network {
+        // Pods run with a token only where pods talk to the apiserver; elsewhere a pod needs no
+        // ServiceAccount to exist.
+        api.arg("--disable-admission-plugins=ServiceAccount");
+    }
     // Writes are audited (crate::audit), from the run directory that holds `pki`.
     if let Some(run_dir) = pki.parent() {
         api.args(crate::audit::apiserver_args(run_dir));
     }
-    if node {
+    if features.pod_network {
+        // No kube-proxy: webhook and aggregated-API Services are called at their endpoints.
+        api.arg("--enable-aggregator-routing=true");
+    }
+    if features.node {
         // The kubelet is reached by its Hostname address, `localhost` (never the host's eth0
         // address, the node's InternalIP).
         api.arg("--authorization-mode=Node,RBAC")

@@ -23,7 +23,8 @@
 //! - [`webhook`]: registration by URL + caBundle, [`StubWebhookServer`];
 //! - [`metrics`]: `/metrics` parsing; [`crd`]: CRDs; [`tools`]: kubectl/helm;
 //! - [`node`]: a real node (kubelet, containerd, runc) for BIND9 pods; [`workload`]: a
-//!   Bindy-shaped BIND9 Deployment for it;
+//!   Bindy-shaped BIND9 Deployment for it; [`pod_network`]: pods with addresses of their own,
+//!   inside a network namespace the test creates;
 //! - [`named`]: BIND9; [`pki`]: certificates; [`process`]: child processes; [`wait`]: polling;
 //! - [`leaks`]: a marker key planted in requests, and looked for in what comes out.
 
@@ -39,6 +40,7 @@ pub mod named;
 pub mod namespace;
 pub mod node;
 pub mod pki;
+pub mod pod_network;
 pub mod process;
 pub mod tools;
 pub mod wait;

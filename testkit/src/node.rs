@@ -69,7 +69,7 @@ pub struct NodeBinaries {
 }
 
 impl NodeBinaries {
-    const NAMES: [&'static str; 8] = [
+    const NAMES: [&'static str; 10] = [
         "kube-controller-manager",
         "kube-scheduler",
         "kubelet",
@@ -78,6 +78,8 @@ impl NodeBinaries {
         "containerd-shim-runc-v2",
         "runc",
         "loopback",
+        "bridge",
+        "host-local",
     ];
 
     /// `$NODE_BIN_DIR`, or the directory `scripts/node-bins.sh` prints (it builds once and caches
@@ -205,6 +207,11 @@ pub struct NodeOptions {
     pub lifetime: Lifetime,
     /// Directory for the node's state; `None`: a fresh temporary directory, removed on stop.
     pub run_dir: Option<PathBuf>,
+    /// Pods get addresses of their own on a bridge ([`crate::pod_network`]) instead of only
+    /// loopback (which limits the node to `hostNetwork` pods). Only inside a private network
+    /// namespace ([`crate::pod_network::in_private_netns`]), with a control plane started with
+    /// [`crate::ControlPlaneOptions::pod_network`].
+    pub pod_network: bool,
 }
 
 impl Default for NodeOptions {
@@ -213,6 +220,7 @@ impl Default for NodeOptions {
             sync_frequency: DEFAULT_SYNC_FREQUENCY,
             lifetime: Lifetime::TiedToParent,
             run_dir: None,
+            pod_network: false,
         }
     }
 }
@@ -285,6 +293,8 @@ pub struct Node {
     sync_frequency: Duration,
     lock: Mutex<Option<File>>,
     cp_config: kube::Config,
+    /// The node address and `kubernetes` Service for pods with their own addresses.
+    pod_network: Option<crate::pod_network::PodNetwork>,
 }
 
 impl std::fmt::Debug for Node {
@@ -373,12 +383,16 @@ impl Node {
             sync_frequency: options.sync_frequency,
             lock: Mutex::new(Some(lock)),
             cp_config: cp.config().clone(),
+            pod_network: None,
         };
+        if options.pod_network {
+            node.pod_network = Some(crate::pod_network::PodNetwork::start(cp.api_port())?);
+        }
         // From here on, dropping `node` cleans up whatever was started.
         let deadline = Instant::now() + NODE_START_TIMEOUT;
-        node.start_containerd(deadline).await?;
-        node.import(&images.pause, PAUSE_IMAGE).await?;
-        node.import(&images.bind9, BIND9_IMAGE).await?;
+        node.start_containerd(deadline, options.pod_network).await?;
+        node.import_image(&images.pause, PAUSE_IMAGE).await?;
+        node.import_image(&images.bind9, BIND9_IMAGE).await?;
         node.start_controllers(cp)?;
         node.kubelet_args = node.write_kubelet_config(cp, &node_kubeconfig, &options)?;
         node.start_kubelet().await?;
@@ -492,14 +506,20 @@ impl Node {
         Ok(())
     }
 
-    async fn start_containerd(&self, deadline: Instant) -> Result<()> {
+    async fn start_containerd(&self, deadline: Instant, pod_network: bool) -> Result<()> {
         let root = self.dir.join("containerd");
         fs::create_dir_all(root.join("net.d")).ctx(|| format!("creating {}", root.display()))?;
-        write_file(
-            &root.join("net.d/10-loopback.conflist"),
-            r#"{"cniVersion":"1.0.0","name":"loopback","plugins":[{"type":"loopback"}]}"#,
-            false,
-        )?;
+        let (file, conflist) = if pod_network {
+            let ipam = self.dir.join("cni-ipam");
+            ("10-pods.conflist", crate::pod_network::cni_conflist(&ipam))
+        } else {
+            (
+                "10-loopback.conflist",
+                r#"{"cniVersion":"1.0.0","name":"loopback","plugins":[{"type":"loopback"}]}"#
+                    .to_owned(),
+            )
+        };
+        write_file(&root.join("net.d").join(file), &conflist, false)?;
         let config = containerd_config(&root, &self.bins);
         let config_path = root.join("config.toml");
         write_file(&config_path, &config, false)?;
@@ -537,7 +557,10 @@ impl Node {
         ctr(&self.bins, &socket, args).await
     }
 
-    async fn import(&self, tar: &Path, name: &str) -> Result<()> {
+    /// Imports an OCI layout tar (`scripts/lib/oci.sh`) into the node's image store and checks
+    /// that it is listed as `name` (the name its index annotates), so pods with
+    /// `imagePullPolicy: IfNotPresent` or `Never` run it without a registry.
+    pub async fn import_image(&self, tar: &Path, name: &str) -> Result<()> {
         let tar = tar.display().to_string();
         self.ctr(&["images", "import", "--local", &tar]).await?;
         let listed = self.ctr(&["images", "ls", "-q"]).await?;
@@ -640,14 +663,21 @@ serializeImagePulls: false
         );
         let config_path = self.dir.join("kubelet-config.yaml");
         write_file(&config_path, &config, false)?;
-        Ok(vec![
+        Ok([
             format!("--config={}", config_path.display()),
             format!("--kubeconfig={}", node_kubeconfig.display()),
             format!("--root-dir={}", root.display()),
             format!("--cert-dir={}", root.join("pki").display()),
             format!("--hostname-override={NODE_NAME}"),
             "--v=2".into(),
-        ])
+        ]
+        .into_iter()
+        .chain(
+            options
+                .pod_network
+                .then(|| format!("--node-ip={}", crate::pod_network::NODE_IP)),
+        )
+        .collect())
     }
 
     async fn wait_ready(&self, deadline: Instant) -> Result<()> {

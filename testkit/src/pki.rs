@@ -69,14 +69,18 @@ impl TestCa {
         }
     }
 
-    /// Issues a TLS server certificate for 127.0.0.1 and `localhost` (plus `extra_dns`).
-    pub fn server_cert(&self, extra_dns: &[&str]) -> Result<CertPem> {
+    /// Issues a TLS server certificate for 127.0.0.1 and `localhost` plus `extra_names` (an
+    /// address becomes an IP SAN, anything else a DNS SAN).
+    pub fn server_cert(&self, extra_names: &[&str]) -> Result<CertPem> {
         let mut sans = vec![
             SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             SanType::DnsName("localhost".try_into()?),
         ];
-        for name in extra_dns {
-            sans.push(SanType::DnsName((*name).try_into()?));
+        for name in extra_names {
+            sans.push(match name.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*name).try_into()?),
+            });
         }
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn("localhost", None);

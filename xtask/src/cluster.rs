@@ -132,6 +132,7 @@ fn up(state_dir: &Path, args: &UpArgs) -> Result<ExitCode> {
             sync_frequency: Duration::from_secs(args.sync_seconds),
             lifetime: Lifetime::Detached,
             run_dir: Some(state_dir.join("node")),
+            ..NodeOptions::default()
         };
         match runtime.block_on(Node::start(&cp, options)) {
             Ok(node) => Some((node.detach(), started.elapsed())),
