@@ -320,10 +320,17 @@ async fn defects_1_6_9_10_default_install_guards_the_mounted_secret_and_creates_
     let row = &rows["dns-a"];
     assert_eq!(row.secret, "dns-a-rndc-key", "{row:?}");
     assert_eq!(row.verdict, Verdict::Ok, "{row:?}");
-    let until = t
-        .gauge("rndc_warden_rotation_seconds_until", "dns-a")
-        .await
-        .expect("due-time gauge for dns-a");
+    // The gauge is set when the rotator has evaluated the guarded Secret, which may come a moment
+    // after the Secret shows the guard.
+    let mut until = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while until.is_none() && Instant::now() < deadline {
+        until = t.gauge("rndc_warden_rotation_seconds_until", "dns-a").await;
+        if until.is_none() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let until = until.expect("due-time gauge for dns-a");
     assert!(
         (719.0 * 3600.0..=720.0 * 3600.0).contains(&until),
         "due in about 720h: {until}"

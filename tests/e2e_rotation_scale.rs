@@ -12,7 +12,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::ListParams;
-use rndc_warden::api::{ANNOTATION_CREATED_AT, ANNOTATION_ROTATED_AT, Bind9Instance};
+use rndc_warden::api::{ANNOTATION_CREATED_AT, ANNOTATION_ROTATED_AT};
 use rndc_warden_testkit::poll_until;
 use rotation_support::*;
 
@@ -76,24 +76,15 @@ async fn many_instances_due_at_once_are_rotated_and_rolled() {
     let provision_time = provision_start.elapsed();
 
     // Wait until the rotator is idle (statuses written), then make every key due at once.
-    let instances: Api<Bind9Instance> = Api::namespaced(c.clone(), &ns);
     poll_until(
         "statuses",
         Duration::from_secs(600),
         Duration::from_millis(500),
         || {
-            let instances = instances.clone();
+            let c = c.clone();
+            let ns = ns.clone();
             async move {
-                let list = instances.list(&ListParams::default()).await?;
-                let done = list
-                    .items
-                    .iter()
-                    .filter(|i| {
-                        i.status
-                            .as_ref()
-                            .is_some_and(|s| s.rndc_key_rotation.is_some())
-                    })
-                    .count();
+                let done = instances_with_status(&c, &ns).await?;
                 Ok::<_, kube::Error>((done >= n).then_some(()))
             }
         },

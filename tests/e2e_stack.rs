@@ -30,13 +30,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use futures::{StreamExt, stream};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
-use rndc_warden::api::{ANNOTATION_ROTATED_AT, Bind9Instance};
+use rndc_warden::api::ANNOTATION_ROTATED_AT;
 use rndc_warden::policy::Algorithm;
 use rndc_warden_testkit::bins::built_by_script;
 use rndc_warden_testkit::node::{Node, NodeOptions};
@@ -44,7 +43,8 @@ use rndc_warden_testkit::pod_network::in_private_netns;
 use rndc_warden_testkit::workload::pod_ready;
 use rndc_warden_testkit::{CommandOutput, ControlPlane, ControlPlaneOptions, Metrics, poll_until};
 use rotation_support::{
-    back_date, count, create_instance, create_key_secret, rndc_key, standalone,
+    back_date, bind9_deployment, count, create_instance, create_key_secret, instances_with_status,
+    rndc_key, standalone,
 };
 use serde_json::Value;
 
@@ -70,8 +70,9 @@ fn elapsed(since: Instant) -> String {
     format!("{:.1} s", since.elapsed().as_secs_f64())
 }
 
-async fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = cp.kubectl(args).await.expect("kubectl runs");
+/// The output of a kubectl or helm run that must succeed.
+fn succeeded(run: rndc_warden_testkit::Result<CommandOutput>) -> CommandOutput {
+    let out = run.expect("the tool runs");
     assert!(
         out.success(),
         "{}:\n{}\n{}",
@@ -79,7 +80,11 @@ async fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
         out.stdout,
         out.stderr
     );
-    out.stdout
+    out
+}
+
+async fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
+    succeeded(cp.kubectl(args).await).stdout
 }
 
 async fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
@@ -90,14 +95,7 @@ async fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
 }
 
 async fn helm(cp: &ControlPlane, args: &[&str]) {
-    let out = cp.helm(args).await.expect("helm runs");
-    assert!(
-        out.success(),
-        "{}:\n{}\n{}",
-        out.command,
-        out.stdout,
-        out.stderr
-    );
+    succeeded(cp.helm(args).await);
 }
 
 /// The chart's pods that are not being deleted.
@@ -409,51 +407,29 @@ impl AdmissionLoop {
         }
     }
 
-    /// Stops the loop; returns (attempts, failures).
-    async fn finish(self) -> (usize, Vec<String>) {
+    /// Stops the loop; asserts that it ran at least `min_attempts` times during `what` and that
+    /// no admission failed.
+    async fn assert_none_failed(self, what: &str, min_attempts: usize) {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("the loop ends");
         let failures = self.failures.lock().expect("failures").clone();
-        (self.attempts.load(Ordering::Relaxed), failures)
+        let attempts = self.attempts.load(Ordering::Relaxed);
+        println!("{what}: {attempts} applies, {} failed", failures.len());
+        assert!(
+            attempts >= min_attempts,
+            "the loop ran through {what} ({attempts} applies)"
+        );
+        assert!(
+            failures.is_empty(),
+            "admissions failed during {what}: {failures:#?}"
+        );
     }
 }
 
 /// A Deployment named like the instance with no replicas: a rollout shows in its pod template.
 async fn create_idle_deployment(client: &Client, ns: &str, name: &str) {
-    let labels = BTreeMap::from([
-        ("app".to_owned(), "bind9".to_owned()),
-        ("instance".to_owned(), name.to_owned()),
-    ]);
-    let deployment = Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..ObjectMeta::default()
-        },
-        spec: DeploymentSpec {
-            replicas: Some(0),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "bind9".into(),
-                        image: Some(rndc_warden_testkit::node::BIND9_IMAGE.into()),
-                        image_pull_policy: Some("Never".into()),
-                        ..Container::default()
-                    }],
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        },
-        status: None,
-    };
+    let mut deployment = bind9_deployment(name);
+    deployment.spec.replicas = Some(0);
     Api::<Deployment>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &deployment)
         .await
@@ -724,24 +700,12 @@ async fn the_chart_runs_in_pods_behind_its_service() {
     .await;
     let rolled = wait_ready_pods(&client, 2, "2 upgraded pods Ready").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (attempts, failures) = admissions.finish().await;
-    println!(
-        "helm upgrade: pods rolled in {}, {attempts} applies, {} failed",
-        elapsed(upgrade),
-        failures.len()
-    );
+    println!("helm upgrade: pods rolled in {}", elapsed(upgrade));
     assert!(
         rolled.iter().all(|p| !names.contains(&pod_name(p))),
         "helm upgrade replaced both pods"
     );
-    assert!(
-        attempts >= 10,
-        "the loop ran through the upgrade ({attempts})"
-    );
-    assert!(
-        failures.is_empty(),
-        "admissions failed during helm upgrade: {failures:#?}"
-    );
+    admissions.assert_none_failed("helm upgrade", 10).await;
 
     // A pod deleted (graceful drain) while the loop runs: no admission fails.
     let admissions = AdmissionLoop::start(cp.clone(), "dns-system");
@@ -754,16 +718,7 @@ async fn the_chart_runs_in_pods_behind_its_service() {
     .await;
     let replaced = wait_ready_pods(&client, 2, "2 pods Ready after the delete").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (attempts, failures) = admissions.finish().await;
-    println!("pod delete: {attempts} applies, {} failed", failures.len());
-    assert!(
-        attempts >= 5,
-        "the loop ran through the delete ({attempts})"
-    );
-    assert!(
-        failures.is_empty(),
-        "admissions failed during a pod delete: {failures:#?}"
-    );
+    admissions.assert_none_failed("a pod delete", 5).await;
 
     // A node drain's evictions: the PodDisruptionBudget (minAvailable 1) refuses the second
     // eviction until the first pod's replacement is Ready; no admission fails meanwhile.
@@ -806,12 +761,7 @@ async fn the_chart_runs_in_pods_behind_its_service() {
     .expect("the second eviction");
     let replaced = wait_ready_pods(&client, 2, "2 pods Ready after the drain").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (attempts, failures) = admissions.finish().await;
-    println!("evictions: {attempts} applies, {} failed", failures.len());
-    assert!(
-        failures.is_empty(),
-        "admissions failed during the evictions: {failures:#?}"
-    );
+    admissions.assert_none_failed("the evictions", 5).await;
 
     // Leader failover while keys fall due.
     let ns = "failover";
@@ -850,18 +800,7 @@ async fn the_chart_runs_in_pods_behind_its_service() {
         || {
             let client = client.clone();
             async move {
-                let instances: Api<Bind9Instance> = Api::namespaced(client, ns);
-                let done = instances
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .iter()
-                    .filter(|i| {
-                        i.status
-                            .as_ref()
-                            .is_some_and(|s| s.rndc_key_rotation.is_some())
-                    })
-                    .count();
+                let done = instances_with_status(&client, ns).await?;
                 Ok::<_, kube::Error>((done == DUE_KEYS).then_some(()))
             }
         },

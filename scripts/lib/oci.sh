@@ -10,6 +10,8 @@ oci_tar() {
   local work
   work=$(mktemp -d)
   mkdir -p "$work/blobs/sha256"
+  # The root directory is recorded too: a mktemp -d root (0700) would lock out non-root users.
+  chmod 0755 "$rootfs"
   tar --numeric-owner --xattrs --sort=name -C "$rootfs" -cf "$work/layer.tar" .
   local layer layer_size cfg cfg_size man man_size
   layer=$(sha "$work/layer.tar"); layer_size=$(stat -c %s "$work/layer.tar")

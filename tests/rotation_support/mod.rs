@@ -411,12 +411,14 @@ pub fn standalone(block: Option<RndcKeyConfig>) -> Bind9InstanceSpec {
     }
 }
 
-pub async fn create_deployment(client: &Client, ns: &str, name: &str) -> Deployment {
+/// A Deployment shaped like Bindy's for instance `name` (labels `app=bind9,instance=<name>`,
+/// container `bind9`).
+pub fn bind9_deployment(name: &str) -> Deployment {
     let labels = BTreeMap::from([
         ("app".to_owned(), "bind9".to_owned()),
         ("instance".to_owned(), name.to_owned()),
     ]);
-    let deployment = Deployment {
+    Deployment {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             ..ObjectMeta::default()
@@ -443,7 +445,11 @@ pub async fn create_deployment(client: &Client, ns: &str, name: &str) -> Deploym
             ..DeploymentSpec::default()
         },
         status: None,
-    };
+    }
+}
+
+pub async fn create_deployment(client: &Client, ns: &str, name: &str) -> Deployment {
+    let deployment = bind9_deployment(name);
     Api::<Deployment>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &deployment)
         .await
@@ -583,6 +589,22 @@ pub async fn wait_status(client: &Client, ns: &str, name: &str, created: &str, c
     )
     .await
     .expect("status");
+}
+
+/// How many instances in `ns` carry a rotation status (the rotator has evaluated them).
+pub async fn instances_with_status(client: &Client, ns: &str) -> Result<usize, kube::Error> {
+    let instances: Api<Bind9Instance> = Api::namespaced(client.clone(), ns);
+    Ok(instances
+        .list(&kube::api::ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|i| {
+            i.status
+                .as_ref()
+                .is_some_and(|s| s.rndc_key_rotation.is_some())
+        })
+        .count())
 }
 
 /// Back-dates `rndc-created-at` (the documented manual trigger) with a resourceVersion precondition.
