@@ -330,6 +330,83 @@ async fn diagnostics(cp: &ControlPlane, ns: &str) {
     }
 }
 
+/// How instance `name`'s key and Deployment got where they are: its ReplicaSets' templates, its
+/// Events, its Secret's annotations, every audited write of them (metadata only, with the pod
+/// that made it) and what the rndc-warden pods logged about it. Never a key.
+async fn rollout_diagnostics(cp: &ControlPlane, ns: &str, name: &str) {
+    for args in [
+        vec![
+            "get",
+            "replicasets",
+            "-n",
+            ns,
+            "-l",
+            &format!("instance={name}"),
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.metadata.annotations.deployment\\.kubernetes\\.io/revision} {.spec.template.metadata.annotations}{\"\\n\"}{end}",
+        ],
+        vec![
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "wide",
+        ],
+        vec![
+            "get",
+            "secret",
+            &format!("{name}-rndc-key"),
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.metadata.annotations}",
+        ],
+    ] {
+        if let Ok(out) = cp.kubectl(&args).await {
+            println!("$ kubectl {}\n{}{}", args.join(" "), out.stdout, out.stderr);
+        }
+    }
+    let audit = std::fs::read_to_string(cp.audit_log_path()).unwrap_or_default();
+    for line in audit.lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let object = &event["objectRef"];
+        if object["namespace"] == ns && object["name"].as_str().is_some_and(|n| n.starts_with(name))
+        {
+            println!(
+                "audit: {} {} {}/{} {} by {} ({})",
+                event["requestReceivedTimestamp"],
+                event["verb"],
+                object["resource"],
+                object["subresource"],
+                event["responseStatus"]["code"],
+                event["user"]["username"],
+                event["user"]["extra"]["authentication.kubernetes.io/pod-name"]
+            );
+        }
+    }
+    if let Ok(out) = cp
+        .kubectl([
+            "logs",
+            "-n",
+            RELEASE_NS,
+            "-l",
+            SELECTOR,
+            "--prefix",
+            "--tail=-1",
+        ])
+        .await
+    {
+        for line in out.stdout.lines().filter(|l| l.contains(name)) {
+            println!("{line}");
+        }
+    }
+}
+
 /// The Eviction API for `pod` (what `kubectl drain` calls), through `kubectl create --raw`: the
 /// apiserver's 429 from a PodDisruptionBudget comes back as it is (kube's client would retry it).
 async fn evict(cp: &ControlPlane, pod: &str) -> CommandOutput {
@@ -892,83 +969,8 @@ async fn the_chart_runs_in_pods_behind_its_service() {
         })
         .filter(|(_, count, rolled)| *count != 1 || *rolled != 1)
         .collect();
-    if !wrong.is_empty() {
-        for (name, _, _) in &wrong {
-            for args in [
-                vec![
-                    "get",
-                    "replicasets",
-                    "-n",
-                    ns,
-                    "-l",
-                    &format!("instance={name}"),
-                    "-o",
-                    "jsonpath={range .items[*]}{.metadata.name} {.metadata.annotations.deployment\\.kubernetes\\.io/revision} {.spec.template.metadata.annotations}{\"\\n\"}{end}",
-                ],
-                vec![
-                    "get",
-                    "events",
-                    "-n",
-                    ns,
-                    "--field-selector",
-                    &format!("involvedObject.name={name}"),
-                    "-o",
-                    "wide",
-                ],
-                vec![
-                    "get",
-                    "secret",
-                    &format!("{name}-rndc-key"),
-                    "-n",
-                    ns,
-                    "-o",
-                    "jsonpath={.metadata.annotations}",
-                ],
-            ] {
-                if let Ok(out) = cp.kubectl(&args).await {
-                    println!("$ kubectl {}\n{}{}", args.join(" "), out.stdout, out.stderr);
-                }
-            }
-            let audit = std::fs::read_to_string(cp.audit_log_path()).unwrap_or_default();
-            for line in audit.lines() {
-                let Ok(event) = serde_json::from_str::<Value>(line) else {
-                    continue;
-                };
-                let object = &event["objectRef"];
-                if object["namespace"] == ns
-                    && object["name"]
-                        .as_str()
-                        .is_some_and(|n| n.starts_with(name.as_str()))
-                {
-                    println!(
-                        "audit: {} {} {}/{} {} by {} ({})",
-                        event["requestReceivedTimestamp"],
-                        event["verb"],
-                        object["resource"],
-                        object["subresource"],
-                        event["responseStatus"]["code"],
-                        event["user"]["username"],
-                        event["user"]["extra"]["authentication.kubernetes.io/pod-name"]
-                    );
-                }
-            }
-            if let Ok(out) = cp
-                .kubectl([
-                    "logs",
-                    "-n",
-                    RELEASE_NS,
-                    "-l",
-                    SELECTOR,
-                    "--prefix",
-                    "--tail=-1",
-                ])
-                .await
-            {
-                for line in out.stdout.lines().filter(|l| l.contains(name.as_str())) {
-                    println!("{line}");
-                }
-            }
-        }
+    for (name, _, _) in &wrong {
+        rollout_diagnostics(&cp, ns, name).await;
     }
     assert!(
         wrong.is_empty(),
